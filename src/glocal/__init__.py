@@ -1,0 +1,29 @@
+"""glocal: attention across the locality spectrum, one API from local to global.
+
+See the README for a tour; every public function's docstring has a shape
+legend and an example.
+"""
+
+from .backends import available as available_backends
+from .backends import use_backend
+from .functional import attention, merge_attentions, na1d, na2d, na3d, neighborhood_attention
+from .masks import dense_mask, neighborhood_mask_mod
+from .spec import AttentionSpec, NeighborhoodSpec, make_neighborhood_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionSpec",
+    "NeighborhoodSpec",
+    "attention",
+    "available_backends",
+    "dense_mask",
+    "make_neighborhood_spec",
+    "merge_attentions",
+    "na1d",
+    "na2d",
+    "na3d",
+    "neighborhood_attention",
+    "neighborhood_mask_mod",
+    "use_backend",
+]

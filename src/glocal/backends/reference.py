@@ -1,0 +1,64 @@
+"""Reference backend: exact, readable PyTorch; the oracle every other backend is tested against.
+
+It materialises the boolean mask and the scores of every query against every
+key, so it needs O(N_q · N_kv) memory per batch and head (N = tokens): for a
+64x64 grid with 4 heads that is 4 · 4096² · 4 bytes = 268 MB. It runs on any
+device and dtype (half precisions are computed in float32, float64 in float64)
+and is differentiable through ordinary autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..masks import dense_mask
+from ..spec import AttentionSpec, NeighborhoodSpec
+
+NAME = "reference"
+
+
+def can_run(spec, tensors: dict) -> list[str]:
+    if not isinstance(spec, (NeighborhoodSpec, AttentionSpec)):
+        return [f"reference does not implement {type(spec).__name__}"]
+    return []
+
+
+def softmax_with_lse(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last axis and its natural-log normaliser.
+
+    A row with no attended key (all ``-inf``) gets probabilities 0 and lse
+    ``-inf``, with finite gradients, instead of NaN.
+    """
+    row_max = scores.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
+    e = torch.exp(scores - row_max)
+    total = e.sum(-1, keepdim=True)
+    empty = total == 0
+    total_safe = torch.where(empty, torch.ones_like(total), total)
+    lse = torch.where(empty, torch.full_like(total, -float("inf")), torch.log(total_safe) + row_max)
+    return e / total_safe, lse.squeeze(-1)
+
+
+def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=None):
+    """``q: [B, *grid, H_q, D]`` (or ``[B, T_q, H_q, D]``) → ``(out [B, *grid, H_q, D_v], lse [B, *grid, H_q])``."""
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    batch, hq, hkv = q.shape[0], q.shape[-2], k.shape[-2]
+    qf = q.reshape(batch, -1, hq, q.shape[-1]).to(compute)
+    kf = k.reshape(batch, -1, hkv, k.shape[-1]).to(compute)
+    vf = v.reshape(batch, -1, hkv, v.shape[-1]).to(compute)
+    mask = dense_mask(spec, device=q.device)
+    if additional_keys is not None:
+        kf = torch.cat([kf, additional_keys.to(compute)], dim=1)
+        vf = torch.cat([vf, additional_values.to(compute)], dim=1)
+        extra = torch.ones(mask.shape[0], additional_keys.shape[1], dtype=torch.bool, device=q.device)
+        mask = torch.cat([mask, extra], dim=1)
+    # GQA: query head h reads kv head h // (H_q / H_kv).
+    kf = kf.repeat_interleave(hq // hkv, dim=2)
+    vf = vf.repeat_interleave(hq // hkv, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
+    scores = scores.masked_fill(~mask, -float("inf"))
+    probs, lse = softmax_with_lse(scores)
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, vf)
+    out = out.reshape(*q.shape[:-1], v.shape[-1]).to(q.dtype)
+    lse = lse.permute(0, 2, 1).reshape(q.shape[:-1])
+    return out, lse
