@@ -1,0 +1,52 @@
+"""The ``glocal`` command: ``glocal info`` (and the subcommands later issues add)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _info(args) -> int:
+    import platform
+
+    import torch
+
+    import glocal
+    from glocal import backends
+    from glocal.spec import make_neighborhood_spec
+
+    print(f"glocal {glocal.__version__}")
+    print(f"torch {torch.__version__}, Python {platform.python_version()}, {torch.get_num_threads()} CPU threads")
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    print("devices: " + ", ".join(devices))
+    probe_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    spec = make_neighborhood_spec((16, 16), kernel_size=3)
+    print("backends (priority order), for a float32 2-D problem on each device:")
+    for name in backends.BACKENDS:
+        module = backends.load(name)
+        if module is None:
+            print(f"  {name:10s} not in this build")
+            continue
+        for device in probe_devices:
+            q = torch.zeros(1, 16, 16, 1, 8, device=device)
+            tensors = {"q": q, "k": q, "v": q, "additional_keys": None, "additional_values": None}
+            reasons = module.can_run(spec, tensors)
+            status = "can run" if not reasons else "cannot run: " + "; ".join(reasons)
+            print(f"  {name:10s} {device:5s} {status}")
+        describe = getattr(module, "describe", None)
+        if describe is not None:
+            print(f"  {'':10s} {describe()}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="glocal", description="Attention across the locality spectrum.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="versions, devices, and which backends can run here")
+    info.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
