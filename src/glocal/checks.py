@@ -39,9 +39,9 @@ def per_axis(name: str, value, ndim: int, kind: type) -> tuple:
     return tuple(kind(v) for v in values)
 
 
-def neighborhood_args(spatial, kernel_size, stride, dilation) -> None:
-    """The per-axis rules of DESIGN.md §1: 1 <= K, K*d <= L, 1 <= s <= K, d >= 1."""
-    for axis, (length, k, s, d) in enumerate(zip(spatial, kernel_size, stride, dilation)):
+def window_args(kernel_size, stride, dilation) -> None:
+    """The per-axis rules of DESIGN.md §1 that need no input length: 1 <= K, 1 <= s <= K, d >= 1."""
+    for axis, (k, s, d) in enumerate(zip(kernel_size, stride, dilation)):
         if k < 1:
             raise ValueError(
                 f"kernel_size must be >= 1 on every axis; got kernel_size={kernel_size} (axis {axis}: {k}). "
@@ -63,6 +63,12 @@ def neighborhood_args(spatial, kernel_size, stride, dilation) -> None:
                 f"got stride={stride}, kernel_size={kernel_size} (axis {axis}: s={s} > K={k}). "
                 f"Lower the stride to at most {k} or raise the kernel size."
             )
+
+
+def neighborhood_args(spatial, kernel_size, stride, dilation) -> None:
+    """The per-axis rules of DESIGN.md §1: 1 <= K, K*d <= L, 1 <= s <= K, d >= 1."""
+    window_args(kernel_size, stride, dilation)
+    for axis, (length, k, d) in enumerate(zip(spatial, kernel_size, dilation)):
         if k * d > length:
             raise ValueError(
                 f"kernel_size * dilation must not exceed the input length on any axis; "
@@ -251,6 +257,33 @@ def merge_inputs(outputs, lses) -> None:
                 f"outputs[{i}].shape={tuple(o.shape)}. Merge results of the same queries only."
             )
         same_dtype_device({"outputs[0]": outputs[0], f"outputs[{i}]": o})
+
+
+def module_dims(dim, num_heads) -> None:
+    """Attention modules split ``dim`` channels into ``num_heads`` heads."""
+    for name, value in (("dim", dim), ("num_heads", num_heads)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {name}={value!r}. Pass a positive int.")
+    if dim % num_heads != 0:
+        raise ValueError(
+            f"dim must be divisible by num_heads (each head gets dim // num_heads channels); "
+            f"got dim={dim}, num_heads={num_heads}. Choose num_heads dividing {dim}."
+        )
+
+
+def module_input(x, dim: int, ndim: int | None) -> None:
+    """Module inputs are ``[B, *spatial, dim]`` (``ndim`` spatial axes; sequences have 1)."""
+    is_tensor("x", x)
+    if ndim is not None and x.dim() != ndim + 2:
+        raise ValueError(
+            f"this module takes x of shape [B, {', '.join('XYZ'[:ndim]) if ndim > 1 else 'T'}, dim] ({ndim + 2}-D); "
+            f"got x.dim()={x.dim()} (shape {tuple(x.shape)}). Reshape the input to channels-last."
+        )
+    if x.shape[-1] != dim:
+        raise ValueError(
+            f"the last axis of x must have the module's dim channels; got x.shape[-1]={x.shape[-1]}, dim={dim}. "
+            f"Pass channels-last input with {dim} channels."
+        )
 
 
 def backend_name(name, known: list[str]) -> None:

@@ -42,10 +42,11 @@ def softmax_with_lse(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=None):
     """``q: [B, *grid, H_q, D]`` (or ``[B, T_q, H_q, D]``) → ``(out [B, *grid, H_q, D_v], lse [B, *grid, H_q])``."""
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    batch, hq, hkv = q.shape[0], q.shape[-2], k.shape[-2]
-    qf = q.reshape(batch, -1, hq, q.shape[-1]).to(compute)
-    kf = k.reshape(batch, -1, hkv, k.shape[-1]).to(compute)
-    vf = v.reshape(batch, -1, hkv, v.shape[-1]).to(compute)
+    hq, hkv = q.shape[-2], k.shape[-2]
+    # flatten, not reshape(batch, -1, ...): the token count must stay known when the batch is empty.
+    qf = q.flatten(1, -3).to(compute)
+    kf = k.flatten(1, -3).to(compute)
+    vf = v.flatten(1, -3).to(compute)
     mask = dense_mask(spec, device=q.device)
     if additional_keys is not None:
         kf = torch.cat([kf, additional_keys.to(compute)], dim=1)
