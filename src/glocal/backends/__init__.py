@@ -14,11 +14,12 @@ import contextvars
 import importlib
 import os
 
-# Priority order: the first backend that can run a problem runs it.
-# The CPU kernels refuse CUDA tensors and Triton refuses CPU tensors (outside
-# the interpreter), so each device gets its own order: cpu → reference on the
-# CPU, triton → flex → reference on CUDA.
+# Every backend, and per device type the priority order in which backend=None
+# tries them: the first that can run a problem runs it. On the CPU, FlexAttention
+# (inference only, minutes of compilation) and the Triton interpreter (for
+# tests) run only when named.
 BACKENDS = ("cpu", "triton", "flex", "reference")
+PRIORITY = {"cpu": ("cpu", "reference"), "cuda": ("triton", "flex", "reference")}
 
 _preferred = contextvars.ContextVar("glocal_backend", default=os.environ.get("GLOCAL_BACKEND") or None)
 
@@ -73,7 +74,8 @@ def choose_backend(spec, tensors: dict, name: str | None = None):
             raise RuntimeError(f"backend {name!r} cannot run this problem: " + "; ".join(reasons))
         return load(name)
     refusals = []
-    for candidate in names:
+    device_type = tensors["q"].device.type
+    for candidate in [n for n in PRIORITY.get(device_type, ("reference",)) if n in names]:
         module = load(candidate)
         reasons = module.can_run(spec, tensors)
         if not reasons:

@@ -29,7 +29,10 @@ def softmax_with_lse(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     A row with no attended key (all ``-inf``) gets probabilities 0 and lse
     ``-inf``, with finite gradients, instead of NaN.
     """
-    row_max = scores.amax(-1, keepdim=True)
+    if scores.shape[-1] == 0:  # no keys at all (e.g. T_kv = 0): amax cannot reduce an empty axis
+        row_max = scores.new_zeros(*scores.shape[:-1], 1)
+    else:
+        row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
     e = torch.exp(scores - row_max)
     total = e.sum(-1, keepdim=True)
@@ -59,7 +62,23 @@ def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=Non
     scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
     scores = scores.masked_fill(~mask, -float("inf"))
     probs, lse = softmax_with_lse(scores)
-    out = torch.einsum("bhqk,bkhd->bqhd", probs, vf)
+    finite = torch.isfinite(vf)
+    if bool(finite.all()):
+        out = torch.einsum("bhqk,bkhd->bqhd", probs, vf)
+    else:
+        # The dense product multiplies every value, attended or not, and 0 · NaN = NaN would let a
+        # NaN/inf value reach queries that never attend it. Multiply finite values only, then give
+        # each output what its attended non-finite values make of a sum: +-inf, or NaN.
+        out = torch.einsum("bhqk,bkhd->bqhd", probs, torch.where(finite, vf, torch.zeros_like(vf)))
+        attended = mask.to(compute)
+
+        def hits(bad):
+            return torch.einsum("qk,bkhd->bqhd", attended, bad.to(compute)) > 0
+
+        pos, neg, nan = hits(vf == float("inf")), hits(vf == -float("inf")), hits(torch.isnan(vf))
+        out = torch.where(pos, float("inf"), out)
+        out = torch.where(neg, -float("inf"), out)
+        out = torch.where(nan | (pos & neg), float("nan"), out)
     out = out.reshape(*q.shape[:-1], v.shape[-1]).to(q.dtype)
     lse = lse.permute(0, 2, 1).reshape(q.shape[:-1])
     return out, lse
