@@ -291,3 +291,11 @@ def test_merge_dtypes_differ():
 def test_merge_not_a_tensor():
     with raises(TypeError, "lses[0] must be a torch.Tensor", "type float"):
         glocal.merge_attentions([O], [0.0])
+
+
+def test_merge_lse_wrong_device_or_dtype():
+    with raises(ValueError, "floating-point tensor on its output's device", "lses[0].device=meta",
+                "outputs[0].device=cpu"):
+        glocal.merge_attentions([O], [L.to("meta")])
+    with raises(ValueError, "lses[0].dtype=torch.int64"):
+        glocal.merge_attentions([O], [L.long()])
