@@ -7,6 +7,8 @@ legend and an example.
 from .backends import available as available_backends
 from .backends import use_backend
 from .functional import attention, merge_attentions, na1d, na2d, na3d, neighborhood_attention
+from .global_attention import channel_attention, compressed_attention, global_token_attention
+from .linear import inline_attention, linear_attention, linear_attention_step, local_concentration_attention
 from .masks import dense_mask, neighborhood_mask_mod
 from .spec import AttentionSpec, NeighborhoodSpec, make_neighborhood_spec
 
@@ -16,6 +18,13 @@ __all__ = [
     "AttentionSpec",
     "NeighborhoodSpec",
     "attention",
+    "channel_attention",
+    "compressed_attention",
+    "global_token_attention",
+    "inline_attention",
+    "linear_attention",
+    "linear_attention_step",
+    "local_concentration_attention",
     "available_backends",
     "dense_mask",
     "make_neighborhood_spec",

@@ -257,6 +257,11 @@ def merge_inputs(outputs, lses) -> None:
                 f"outputs[{i}].shape={tuple(o.shape)}. Merge results of the same queries only."
             )
         same_dtype_device({"outputs[0]": outputs[0], f"outputs[{i}]": o})
+        if lse.device != o.device or not lse.dtype.is_floating_point:
+            raise ValueError(
+                f"each lse must be a floating-point tensor on its output's device; got lses[{i}].dtype={lse.dtype}, "
+                f"lses[{i}].device={lse.device}, outputs[{i}].device={o.device}. Pass the lse returned with that output."
+            )
 
 
 def module_dims(dim, num_heads) -> None:
@@ -289,3 +294,294 @@ def module_input(x, dim: int, ndim: int | None) -> None:
 def backend_name(name, known: list[str]) -> None:
     if name is not None and name not in known:
         raise ValueError(f"unknown backend {name!r}; the backends are {known}. Pass one of them or None to choose.")
+
+
+# --- Global mechanisms: linear, InLine, L2ViT, global-token, compressed and channel attention ---
+
+ATTENTION_PATTERNS = ("non-causal self", "causal self", "non-causal cross", "causal cross")
+
+
+def pattern_name(is_causal: bool, is_cross: bool) -> str:
+    """One of the four CAB attention patterns."""
+    return f"{'causal' if is_causal else 'non-causal'} {'cross' if is_cross else 'self'}"
+
+
+def pattern_supported(mechanism: str, is_causal, is_cross: bool, supported: tuple) -> None:
+    """Refuse an attention pattern the mechanism does not define, naming the ones it does."""
+    causal_flag(is_causal)
+    pattern = pattern_name(is_causal, is_cross)
+    if pattern not in supported:
+        raise ValueError(
+            f"{mechanism} does not support the {pattern} attention pattern "
+            f"(is_causal={is_causal}, {'cross' if is_cross else 'self'} attention); it supports: "
+            f"{', '.join(supported)}. Use one of those, or a mechanism that defines {pattern} "
+            f"(see docs/global.md for the table)."
+        )
+
+
+def feature_map(feature_map, names: tuple) -> None:
+    if callable(feature_map):
+        return
+    if not isinstance(feature_map, str):
+        raise TypeError(
+            f"feature_map must be a name or a callable; got feature_map={feature_map!r} of type "
+            f"{type(feature_map).__name__}. Pass one of {list(names)} or a function of a tensor."
+        )
+    if feature_map not in names:
+        raise ValueError(
+            f"unknown feature_map {feature_map!r}; the feature maps are {list(names)} or a callable. "
+            f"Pass one of them."
+        )
+
+
+def chunk_size(chunk_size) -> None:
+    if not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be an int >= 1; got chunk_size={chunk_size!r}. Pass e.g. chunk_size=64."
+        )
+
+
+def linear_state(name: str, state, q, k, v) -> None:
+    """A linear-attention state ``(kv [B, H_kv, D_k, D_v], ksum [B, H_kv, D_k])`` or None."""
+    if state is None:
+        return
+    want_kv = (k.shape[0], k.shape[-2], k.shape[-1], v.shape[-1])
+    want_ksum = want_kv[:3]
+    ok = (isinstance(state, (tuple, list)) and len(state) == 2
+          and all(isinstance(s, torch.Tensor) for s in state)
+          and tuple(state[0].shape) == want_kv and tuple(state[1].shape) == want_ksum)
+    if not ok:
+        got = (tuple(tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__ for s in state)
+               if isinstance(state, (tuple, list)) else type(state).__name__)
+        raise ValueError(
+            f"{name} must be a pair (kv [B, H_kv, D_k, D_v], ksum [B, H_kv, D_k]) = "
+            f"({list(want_kv)}, {list(want_ksum)}); got {name}={got}. Pass the state returned by "
+            f"linear_attention(..., return_state=True) or linear_attention_step for the same shapes."
+        )
+
+
+def step_tensors(q_t, k_t, v_t) -> None:
+    """One decoding step: ``q_t: [B, H_q, D_k]``, ``k_t: [B, H_kv, D_k]``, ``v_t: [B, H_kv, D_v]``."""
+    for name, x in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
+        is_tensor(name, x)
+        if x.dim() != 3:
+            raise ValueError(
+                f"linear_attention_step takes {name} of shape [B, H, D] (3-D, one token); got "
+                f"{name}.dim()={x.dim()} (shape {tuple(x.shape)}). Index the token, e.g. x[:, t]."
+            )
+        float_dtype(name, x)
+    same_dtype_device({"q_t": q_t, "k_t": k_t, "v_t": v_t})
+    heads_and_dims(q_t, k_t, v_t, "linear_attention_step")
+
+
+def grid_tensors(what: str, q, k, v) -> None:
+    """``q: [B, *spatial_q, H_q, D]``, ``k, v: [B, *spatial_kv, H_kv, D]``, 1 to 3 spatial axes."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        is_tensor(name, x)
+        if x.dim() not in (4, 5, 6):
+            raise ValueError(
+                f"{what} takes {name} of shape [B, *spatial, H, D] with 1 to 3 spatial axes (4-D to 6-D); "
+                f"got {name}.dim()={x.dim()} (shape {tuple(x.shape)}). Reshape to heads-last."
+            )
+        float_dtype(name, x)
+    same_dtype_device({"q": q, "k": k, "v": v})
+    if tuple(k.shape[1:-2]) != tuple(v.shape[1:-2]):
+        raise ValueError(
+            f"k and v must have the same spatial shape; got k={tuple(k.shape[1:-2])}, v={tuple(v.shape[1:-2])} "
+            f"for {what}. Pass one value per key."
+        )
+    heads_and_dims(q, k, v, what)
+
+
+def nonempty_keys(what: str, k) -> None:
+    n = 1
+    for length in k.shape[1:-2]:
+        n *= length
+    if n == 0:
+        raise ValueError(
+            f"{what} needs at least one key (it averages over the keys); got k.shape={tuple(k.shape)}. "
+            f"Pass a non-empty key sequence."
+        )
+
+
+def l2vit_args(q, temperature, denominator_min) -> None:
+    if temperature is not None and isinstance(temperature, torch.Tensor):
+        if tuple(temperature.shape) != (q.shape[-2],):
+            raise ValueError(
+                f"temperature must be a float or a tensor of shape [H_q] = [{q.shape[-2]}]; got "
+                f"temperature.shape={tuple(temperature.shape)}. Pass one temperature per query head."
+            )
+    elif temperature is not None and (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)):
+        raise TypeError(
+            f"temperature must be None, a float or a [H_q] tensor; got temperature={temperature!r}. Pass a float."
+        )
+    if not isinstance(denominator_min, numbers.Real) or isinstance(denominator_min, bool) or denominator_min <= 0:
+        raise ValueError(
+            f"denominator_min must be a number > 0 (the clamp keeps the division finite); got "
+            f"denominator_min={denominator_min!r}. Pass e.g. 1.0 or L2ViT's 100.0."
+        )
+
+
+def reduction(reduction, ndim: int) -> tuple:
+    """Per-axis pooling factors, each an int >= 1."""
+    factors = per_axis("reduction", reduction, ndim, int)
+    if any(f < 1 for f in factors):
+        raise ValueError(
+            f"reduction must be >= 1 on every axis; got reduction={reduction!r}. "
+            f"Use 1 for no pooling on an axis."
+        )
+    return factors
+
+
+def global_tokens(q, k, v, global_q, global_k, global_v, pool) -> None:
+    """Global tokens: learned ``global_k/v [B, G, H_kv, D]`` (and optional ``global_q [B, G, H_q, D_k]``) or ``pool``."""
+    if (global_k is None) != (global_v is None):
+        raise ValueError(
+            "global_k and global_v must be given together; got only "
+            f"{'global_k' if global_k is not None else 'global_v'}. Pass both, or neither with pool=..."
+        )
+    if (global_k is None) == (pool is None):
+        raise ValueError(
+            f"global_token_attention takes its global tokens either from global_k/global_v or from pool; "
+            f"got global_k={'a tensor' if global_k is not None else None}, pool={pool!r}. Pass exactly one of them."
+        )
+    if global_k is not None:
+        additional_kv(q, k, v, global_k, global_v)
+    if global_q is not None:
+        is_tensor("global_q", global_q)
+        same_dtype_device({"q": q, "global_q": global_q})
+        g = global_k.shape[1] if global_k is not None else global_q.shape[1]
+        want = (q.shape[0], g, q.shape[-2], q.shape[-1])
+        if tuple(global_q.shape) != want:
+            raise ValueError(
+                f"global_q must have shape [B, G, H_q, D_k] = {list(want)} (G from global_k); got "
+                f"global_q.shape={tuple(global_q.shape)}. Give it q's batch, heads and head dim."
+            )
+
+
+def channel_tensors(q, k, v) -> None:
+    """Channel attention mixes the channels of one token set: D_k == D_v, same tokens for q, k, v."""
+    grid_tensors("channel_attention", q, k, v)
+    if k.shape[-1] != v.shape[-1]:
+        raise ValueError(
+            f"channel_attention mixes value channels with weights over key channels, so k and v need the "
+            f"same head dim; got k D={k.shape[-1]}, v D={v.shape[-1]}. Project them to one head dim."
+        )
+
+
+def global_queries(return_global: bool, global_q) -> None:
+    if return_global and global_q is None:
+        raise ValueError(
+            "return_global=True needs queries for the global tokens; got global_q=None and pool=None. "
+            "Pass global_q [B, G, H_q, D_k], or pool=... to pool them from q."
+        )
+
+
+def module_global_tokens(num_global_tokens, pool) -> None:
+    if (num_global_tokens is None) == (pool is None):
+        raise ValueError(
+            f"GlobalTokenAttention takes its global tokens from num_global_tokens (learned) or from pool "
+            f"(pooled input); got num_global_tokens={num_global_tokens!r}, pool={pool!r}. Pass exactly one."
+        )
+    if num_global_tokens is not None and (not isinstance(num_global_tokens, numbers.Integral)
+                                          or isinstance(num_global_tokens, bool) or num_global_tokens < 1):
+        raise ValueError(
+            f"num_global_tokens must be an int >= 1; got num_global_tokens={num_global_tokens!r}. Pass e.g. 8."
+        )
+
+
+def choice(name: str, value, options: tuple) -> None:
+    if value not in options or isinstance(value, bool):
+        raise ValueError(f"{name} must be one of {list(options)}; got {name}={value!r}. Pass one of them.")
+
+
+# --- attention analysis and conversion (glocal.analysis, glocal.convert) ---
+
+
+def capture_args(streaming, window, block) -> None:
+    """``capture(streaming=True)`` needs the locality window up front; windows and blocks are positive ints."""
+    if streaming and window is None:
+        raise ValueError(
+            "capture(streaming=True) computes statistics while the model runs, so it needs the locality window "
+            f"now; got streaming=True, window=None. Pass window=w (tokens), e.g. capture(model, streaming=True, window=65)."
+        )
+    for name, value in (("window", window), ("block", block)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None; got {name}={value!r}. Pass e.g. {name}=64.")
+
+
+def report_window(window, capture_window, streaming: bool) -> int:
+    """The window of ``report()``: any positive int for exact captures; a streamed capture only has its own."""
+    if streaming:
+        if window is not None and window != capture_window:
+            raise ValueError(
+                f"a streaming capture computed its statistics for one window; got report(window={window}) but the "
+                f"capture used window={capture_window}. Call report() or report(window={capture_window}), or capture "
+                f"again with window={window}."
+            )
+        return capture_window
+    window = window if window is not None else capture_window
+    if window is None:
+        raise ValueError("report() needs a locality window; got window=None. Pass report(window=w), e.g. window=65.")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be a positive int; got window={window!r}. Pass e.g. window=65.")
+    return window
+
+
+def report_clip(clip, capture_clip) -> None:
+    if clip != capture_clip:
+        raise ValueError(
+            f"a streaming capture computed the windowed average attention distance for one clip; got "
+            f"waad_clip={clip} but the capture used {capture_clip}. Pass waad_clip to capture() instead."
+        )
+
+
+def conversion_rule(key, rule, local_cls, hybrid_cls) -> None:
+    """A plan maps (layer, head) ints to Local(window, sinks) or Hybrid(window, sinks, global_branch)."""
+    if (not isinstance(key, tuple) or len(key) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in key)):
+        raise TypeError(
+            f"plan keys must be (layer, head) pairs of non-negative ints; got key {key!r}. "
+            f"Write the plan as {{(0, 3): glocal.convert.Local(65)}}."
+        )
+    if not isinstance(rule, (local_cls, hybrid_cls)):
+        raise TypeError(
+            f"plan values must be glocal.convert.Local or glocal.convert.Hybrid; got {type(rule).__name__} for "
+            f"key {key}. Wrap the window as glocal.convert.Local(window, sinks)."
+        )
+    if not isinstance(rule.window, int) or isinstance(rule.window, bool) or rule.window < 1:
+        raise ValueError(f"window must be a positive int (tokens); got window={rule.window!r} for {key}. Use e.g. 65.")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in rule.sinks):
+        raise TypeError(
+            f"sinks must be token positions (ints; negative counts from the last real token); got "
+            f"sinks={rule.sinks!r} for {key}. Use e.g. sinks=(0, -1)."
+        )
+    if isinstance(rule, hybrid_cls):
+        g = rule.global_branch
+        if not isinstance(g, int) or isinstance(g, bool) or g < 1:
+            raise ValueError(
+                f"global_branch is the block length (tokens) of the pooled global keys and must be a positive int; "
+                f"got global_branch={g!r} for {key}. Use e.g. 16."
+            )
+
+
+def plan_targets(plan: dict, layers: int, heads_per_layer: list[int]) -> None:
+    for layer, head in plan:
+        if layer >= layers:
+            raise ValueError(
+                f"plan names layer {layer} but the model has {layers} attention layers (0..{layers - 1}); "
+                f"got key {(layer, head)}. Build the plan from this model's report."
+            )
+        if head >= heads_per_layer[layer]:
+            raise ValueError(
+                f"plan names head {head} of layer {layer}, which has {heads_per_layer[layer]} heads; got key "
+                f"{(layer, head)}. Use a head index below {heads_per_layer[layer]}."
+            )
+
+
+def steering_factor(name: str, value, low: float = 0.0, high: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
+    ok = ok and (high is None or value <= high)
+    if not ok:
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be a number {rng}; got {name}={value!r}. Pass a value {rng}.")

@@ -30,18 +30,21 @@ def median_ms(fn, repeats: int = 5, warmup: int = 1) -> float:
 
 
 def peak_cpu_bytes(fn) -> int:
-    """Peak bytes allocated by ``fn()`` on the CPU beyond what was live before it.
+    """Peak bytes of tensors allocated by ``fn()`` on the CPU and live at once, beyond those live before it.
 
-    PyTorch's CPU allocator is invisible to tracemalloc, so this uses the
-    profiler's memory accounting of tensor allocations.
+    PyTorch's CPU allocator is invisible to tracemalloc, so this replays the
+    profiler's per-allocation ``[memory]`` records (positive on allocation,
+    negative on free) in time order. Op-level "self" memory would charge a
+    tensor freed inside a Python autograd Function to the Function at its
+    start and hide the transient peak.
     """
     gc.collect()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
+    records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                     key=lambda e: e.start_ns())
     live = peak = 0
-    # Each allocation is charged to the innermost op ("self"); frees appear as "[memory]" events.
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
-    for e in events:
-        live += e.self_cpu_memory_usage
+    for e in records:
+        live += e.nbytes()
         peak = max(peak, live)
     return peak

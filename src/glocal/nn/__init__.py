@@ -1,5 +1,24 @@
 """Attention layers on channels-last inputs ``[B, *spatial, dim]``."""
 
 from .attention import Attention, NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .global_modules import (
+    ChannelAttention,
+    CompressedAttention,
+    GlobalTokenAttention,
+    InLineAttention,
+    LinearAttention,
+    LocalConcentrationAttention,
+)
 
-__all__ = ["Attention", "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D"]
+__all__ = [
+    "Attention",
+    "ChannelAttention",
+    "CompressedAttention",
+    "GlobalTokenAttention",
+    "InLineAttention",
+    "LinearAttention",
+    "LocalConcentrationAttention",
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+]

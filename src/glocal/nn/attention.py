@@ -13,34 +13,52 @@ from .. import checks
 from ..functional import attention, neighborhood_attention
 
 
-class _NeighborhoodAttention(nn.Module):
+class _QKVModule(nn.Module):
+    """Shared shell of every attention layer: ``x → qkv → op → proj → dropout``."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, proj_drop=0.0):
+        super().__init__()
+        checks.module_dims(dim, num_heads)
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _qkv(self, x):
+        """``[B, *, dim]`` → three ``[B, *, H, head_dim]``."""
+        return self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+
+    def _out(self, out):
+        """``[B, *, H, head_dim]`` → ``[B, *, dim]``."""
+        return self.proj_drop(self.proj(out.flatten(-2)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}"
+
+
+class _NeighborhoodAttention(_QKVModule):
     ndim: int = 0
 
     def __init__(self, dim, num_heads, kernel_size, stride=1, dilation=1, is_causal=False,
                  qkv_bias=True, qk_scale=None, proj_drop=0.0):
-        super().__init__()
-        checks.module_dims(dim, num_heads)
+        super().__init__(dim, num_heads, qkv_bias, proj_drop)
         checks.scale(qk_scale)
         self.kernel_size = checks.per_axis("kernel_size", kernel_size, self.ndim, int)
         self.stride = checks.per_axis("stride", stride, self.ndim, int)
         self.dilation = checks.per_axis("dilation", dilation, self.ndim, int)
         self.is_causal = checks.per_axis("is_causal", is_causal, self.ndim, bool)
         checks.window_args(self.kernel_size, self.stride, self.dilation)
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.scale = qk_scale
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         checks.module_input(x, self.dim, self.ndim)
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        q, k, v = self._qkv(x)
         out = neighborhood_attention(q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal,
                                      scale=self.scale)
-        return self.proj_drop(self.proj(out.flatten(-2)))
+        return self._out(out)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+        return (f"{super().extra_repr()}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, dilation={self.dilation}, is_causal={self.is_causal}")
 
 
@@ -89,7 +107,7 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
     ndim = 3
 
 
-class Attention(nn.Module):
+class Attention(_QKVModule):
     """Full self-attention layer over sequences (causal optional).
 
     Shapes: x: [B, T, dim] → [B, T, dim]; dim is split into num_heads heads.
@@ -102,21 +120,15 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim, num_heads, is_causal=False, qkv_bias=True, qk_scale=None, proj_drop=0.0):
-        super().__init__()
-        checks.module_dims(dim, num_heads)
+        super().__init__(dim, num_heads, qkv_bias, proj_drop)
         checks.causal_flag(is_causal)
         checks.scale(qk_scale)
-        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.is_causal, self.scale = is_causal, qk_scale
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         checks.module_input(x, self.dim, 1)
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
-        out = attention(q, k, v, is_causal=self.is_causal, scale=self.scale)
-        return self.proj_drop(self.proj(out.flatten(-2)))
+        q, k, v = self._qkv(x)
+        return self._out(attention(q, k, v, is_causal=self.is_causal, scale=self.scale))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, is_causal={self.is_causal}"
+        return f"{super().extra_repr()}, is_causal={self.is_causal}"
