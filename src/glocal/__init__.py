@@ -6,6 +6,7 @@ legend and an example.
 
 from .backends import available as available_backends
 from .backends import use_backend
+from .convert import convert, plan_from_report
 from .functional import attention, merge_attentions, na1d, na2d, na3d, neighborhood_attention
 from .global_attention import channel_attention, compressed_attention, global_token_attention
 from .linear import inline_attention, linear_attention, linear_attention_step, local_concentration_attention
@@ -20,6 +21,7 @@ __all__ = [
     "attention",
     "channel_attention",
     "compressed_attention",
+    "convert",
     "global_token_attention",
     "inline_attention",
     "linear_attention",
@@ -34,5 +36,6 @@ __all__ = [
     "na3d",
     "neighborhood_attention",
     "neighborhood_mask_mod",
+    "plan_from_report",
     "use_backend",
 ]
