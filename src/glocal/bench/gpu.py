@@ -1,0 +1,351 @@
+"""GPU suite: check the Triton kernels against the reference, then time them against FlexAttention and SDPA.
+
+Shapes (every timed config): q, k, v: [1, *spatial, 8 heads, 128] bfloat16.
+
+Example:
+    $ PYTHONPATH=src python benchmarks/gpu.py --json gpu.json      # on a CUDA machine
+    >>> import argparse, glocal.bench.gpu as gpu                   # doctest: +SKIP
+    >>> gpu.main(argparse.Namespace(repeats=100, quick=False, json=None))
+
+Method (DESIGN.md §5): every figure is a median of ``triton.testing.do_bench``
+(device events) in one process, glocal next to compiled FlexAttention with
+the same mask over row-major tokens (its native [B, H, N, D] layout, so its
+transposes are not timed) and dense SDPA (causal when the config is). Useful
+FLOPs count only attended (query, key) pairs: 4·D per pair forward (QK and
+PV), 3.5x that forward+backward. The FLOP floor is useful FLOPs over the
+measured bf16 matmul rate of the same card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+
+CONFIGS = [
+    dict(name="2-D 128x128 K=13 fwd", spatial=(128, 128), kernel_size=13, causal=False, backward=False, target=1.8),
+    dict(name="3-D 16x64x64 K=(5,13,13) fwd", spatial=(16, 64, 64), kernel_size=(5, 13, 13), causal=False,
+         backward=False, target=1.8),
+    dict(name="2-D 128x128 K=13 fwd+bwd", spatial=(128, 128), kernel_size=13, causal=False, backward=True,
+         target=1.5),
+    dict(name="1-D 32768 K=2048 fwd", spatial=(32768,), kernel_size=2048, causal=False, backward=False, target=1.3),
+    dict(name="1-D 32768 K=2048 causal fwd", spatial=(32768,), kernel_size=2048, causal=True, backward=False,
+         target=1.3),
+]
+
+# Tile variants timed with --variants (glocal only; same Flex baseline). Keys are ops.tiles() options.
+VARIANTS = {
+    "1": [dict(fwd_split_1d=True), dict(fwd_tma=True), dict(fwd_tma=True, fwd_ws=True), dict(fwd_k=(1, 1, 64)),
+          dict(fwd_q=(1, 1, 64), fwd_warps=4)],
+    "2": [dict(fwd_q=(1, 8, 16), fwd_k=(1, 4, 16), fwd_warps=8), dict(fwd_k=(1, 4, 16)),
+          dict(fwd_k=(1, 8, 16))],
+    "3": [dict(fwd_q=(2, 4, 8), fwd_k=(2, 4, 8), fwd_warps=4), dict(fwd_q=(2, 4, 8), fwd_k=(4, 4, 4), fwd_warps=4),
+          dict(fwd_q=(2, 8, 8), fwd_k=(2, 4, 8))],
+    "bwd": [dict(bwd_k=(1, 4, 16), bwd_q=(1, 4, 16)), dict(dq_q=(1, 8, 8), dq_k=(1, 8, 8), dq_warps=4),
+            dict(fwd_q=(1, 8, 16), fwd_k=(1, 4, 16), fwd_warps=8)],
+}
+
+
+# Head dims of the random checks (32-256; 96 runs padded to 128). Each power-of-two block is
+# one more compile per kernel: 50 checks take about two minutes, mostly compiling.
+HEAD_DIMS = (128, 128, 128, 64, 96, 32, 256)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=100, help="do_bench time budget per figure, in ms")
+    parser.add_argument("--quick", action="store_true", help="fewer random checks, shorter timing")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument("--checks", type=int, default=None, help="random correctness problems (default 60)")
+    parser.add_argument("--variants", action="store_true", help="also time alternative tile shapes")
+    parser.add_argument("--variant-keys", default="1,2,3,bwd",
+                        help="which variant lists to time with --variants (1, 2, 3: forward by rank; bwd)")
+    parser.add_argument("--head-dims", default=None, help="comma list of head dims for the random checks")
+    parser.add_argument("--only", default=None, help="time only configs whose name contains this text")
+
+
+def _useful_pairs(spec) -> int:
+    """Attended (query, key) pairs: the neighborhood is a per-axis product, so the count is too."""
+    from ..spec import axis_window
+
+    total = 1
+    for i in range(spec.ndim):
+        length, k, s, d, c = spec.axis(i)
+        x = torch.arange(length)
+        _, lo, hi = axis_window(x, length, k, s, d, c)
+        total *= int((hi - lo).sum())
+    return total
+
+
+def _rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _random_problem(rng: random.Random):
+    ndim = rng.choice((1, 2, 2, 3))
+    max_len = {1: 300, 2: 24, 3: 10}[ndim]
+    spatial, ks, ss, ds, cs = [], [], [], [], []
+    for _ in range(ndim):
+        length = rng.randint(4, max_len)
+        d = rng.choice((1, 1, 1, 2, 3)) if length >= 8 else 1
+        k = rng.randint(1, max(1, min(length // d, 9 if ndim > 1 else 40)))
+        s = rng.choice((1, 1, rng.randint(1, k)))
+        spatial.append(length)
+        ks.append(k)
+        ss.append(s)
+        ds.append(d)
+        cs.append(rng.random() < 0.3)
+    hkv = rng.choice((1, 2, 4))
+    hq = hkv * rng.choice((1, 2))
+    d_qk = rng.choice(HEAD_DIMS)
+    d_v = d_qk if rng.random() < 0.8 else rng.choice(HEAD_DIMS)
+    dtype = rng.choice((torch.bfloat16, torch.bfloat16, torch.float16))
+    extra = rng.choice((0, 0, 0, rng.randint(1, 7)))
+    return dict(spatial=tuple(spatial), kernel_size=tuple(ks), stride=tuple(ss), dilation=tuple(ds),
+                is_causal=tuple(cs), batch=rng.choice((1, 2)), hq=hq, hkv=hkv, d_qk=d_qk, d_v=d_v, dtype=dtype,
+                extra=extra)
+
+
+def check(n_problems: int, seed: int = 0, device: str = "cuda") -> dict:
+    """Triton vs the float32 reference on random problems; worst relative errors forward and backward."""
+    from ..backends import reference
+    from ..backends.triton import ops
+    from ..spec import make_neighborhood_spec
+
+    os.environ["GLOCAL_POISON"] = "1"
+    rng = random.Random(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    worst = {"fwd": 0.0, "bwd": 0.0}
+    failures = []
+    start = time.time()
+    for i in range(n_problems):
+        p = _random_problem(rng)
+        spec = make_neighborhood_spec(p["spatial"], p["kernel_size"], p["stride"], p["dilation"], p["is_causal"])
+        dev, dt = device, p["dtype"]
+
+        def rand(*shape):
+            return torch.randn(*shape, device=dev, generator=gen).to(dt).requires_grad_()
+
+        q = rand(p["batch"], *p["spatial"], p["hq"], p["d_qk"])
+        k = rand(p["batch"], *p["spatial"], p["hkv"], p["d_qk"])
+        v = rand(p["batch"], *p["spatial"], p["hkv"], p["d_v"])
+        ak = rand(p["batch"], p["extra"], p["hkv"], p["d_qk"]) if p["extra"] else None
+        av = rand(p["batch"], p["extra"], p["hkv"], p["d_v"]) if p["extra"] else None
+        inputs = [x for x in (q, k, v, ak, av) if x is not None]
+        scale = p["d_qk"] ** -0.5
+        out, lse = ops.neighborhood(spec, q, k, v, scale, ak, av)
+        gout = torch.randn(out.shape, device=dev, generator=gen)
+        glse = torch.randn(lse.shape, device=dev, generator=gen)
+        grads = torch.autograd.grad((out.float() * gout).sum() + (lse * glse).sum(), inputs)
+        ref_in = [x.detach().float().requires_grad_() for x in inputs]
+        rq, rk, rv = ref_in[:3]
+        rak, rav = (ref_in[3], ref_in[4]) if ak is not None else (None, None)
+        rout, rlse = reference.run(spec, rq, rk, rv, scale, rak, rav)
+        rgrads = torch.autograd.grad((rout * gout).sum() + (rlse * glse).sum(), ref_in)
+        fwd = max(_rel(out, rout), _rel(lse, rlse))
+        bwd = max(_rel(g, r) for g, r in zip(grads, rgrads))
+        tol = 2e-2 if dt == torch.bfloat16 else 1e-2
+        worst["fwd"] = max(worst["fwd"], fwd)
+        worst["bwd"] = max(worst["bwd"], bwd)
+        if not (fwd <= tol and bwd <= tol):
+            failures.append(dict(problem={k_: str(v_) for k_, v_ in p.items()}, fwd=fwd, bwd=bwd))
+            print(f"  FAIL {i}: {p} fwd={fwd:.2e} bwd={bwd:.2e}", flush=True)
+    os.environ.pop("GLOCAL_POISON", None)
+    print(f"checked {n_problems} random problems in {time.time() - start:.0f}s: worst relative error "
+          f"forward (out, lse) {worst['fwd']:.2e}, backward (dq, dk, dv, extra) {worst['bwd']:.2e}; "
+          f"{len(failures)} over tolerance (bf16 2e-2, fp16 1e-2)", flush=True)
+    return dict(problems=n_problems, worst_fwd=worst["fwd"], worst_bwd=worst["bwd"], failures=failures)
+
+
+def _bench(fn, rep_ms: int) -> float:
+    import triton
+
+    return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
+
+
+def matmul_tflops(rep_ms: int) -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = _bench(lambda: a @ b, rep_ms)
+    return 2 * n**3 / ms / 1e9
+
+
+def time_config(cfg: dict, rep_ms: int, variants=None) -> dict:
+    """One table row: glocal (triton), compiled Flex and dense SDPA on the same random bf16 inputs.
+
+    ``variants``: None, or a set of VARIANTS keys ("1", "2", "3", "bwd") whose tile options are also timed.
+    """
+    import torch.nn.functional as F
+
+    from ..backends import flex
+    from ..backends.triton import ops
+    from ..spec import make_neighborhood_spec
+
+    heads, dim = 8, 128
+    spec = make_neighborhood_spec(cfg["spatial"], cfg["kernel_size"], 1, 1, cfg["causal"])
+    shape = (1, *cfg["spatial"], heads, dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    scale = dim ** -0.5
+    n = spec.num_tokens
+    qt, kt, vt = (x.reshape(1, n, heads, dim).transpose(1, 2).contiguous() for x in (q, k, v))
+    # glocal's kernels compile before any torch.compile work in this process (the order of the
+    # run that produced docs/gpu.md; a run in the other order stalled, cause unknown).
+    with torch.no_grad():
+        go, _ = ops.neighborhood(spec, q, k, v, scale)
+    torch.cuda.synchronize()
+    torch._dynamo.reset()
+    bm = flex.block_mask(spec, n, n, 0, q.device)
+    flex_fn = torch.compile(flex._flex_module().flex_attention, dynamic=False)
+    back = cfg["backward"]
+    if back:
+        for x in (q, k, v, qt, kt, vt):
+            x.requires_grad_()
+        dout = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        dout_t = dout.reshape(1, n, heads, dim).transpose(1, 2).contiguous()
+
+    def glocal_fn():
+        if not back:
+            with torch.no_grad():
+                return ops.neighborhood(spec, q, k, v, scale)
+        out, _ = ops.neighborhood(spec, q, k, v, scale)
+        return torch.autograd.grad(out, (q, k, v), dout)
+
+    def flex_run():
+        if not back:
+            with torch.no_grad():
+                return flex_fn(qt, kt, vt, block_mask=bm, scale=scale)
+        out = flex_fn(qt, kt, vt, block_mask=bm, scale=scale)
+        return torch.autograd.grad(out, (qt, kt, vt), dout_t)
+
+    def sdpa_fn():
+        if not back:
+            with torch.no_grad():
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=cfg["causal"], scale=scale)
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=cfg["causal"], scale=scale)
+        return torch.autograd.grad(out, (qt, kt, vt), dout_t)
+
+    # Same function before timing: glocal against Flex on these inputs (bf16 vs bf16).
+    with torch.no_grad():
+        fo = flex_fn(qt.detach(), kt.detach(), vt.detach(), block_mask=bm, scale=scale)
+    agree = _rel(go.reshape(1, n, heads, dim).transpose(1, 2), fo)
+
+    row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=agree)
+    row["glocal_ms"] = _bench(glocal_fn, rep_ms)
+    row["flex_ms"] = _bench(flex_run, rep_ms)
+    row["sdpa_ms"] = _bench(sdpa_fn, rep_ms)
+    flops = 4.0 * _useful_pairs(spec) * dim * heads * (3.5 if back else 1.0)
+    row["useful_gflop"] = flops / 1e9
+    row["glocal_tflops"] = flops / row["glocal_ms"] / 1e9
+    row["flex_tflops"] = flops / row["flex_ms"] / 1e9
+    row["vs_flex"] = row["flex_ms"] / row["glocal_ms"]
+    row["vs_sdpa"] = row["sdpa_ms"] / row["glocal_ms"]
+    key = "bwd" if back else str(spec.ndim)
+    if variants and key in variants:
+        row["variants"] = []
+        for opts in VARIANTS[key]:
+            try:
+                with ops.tiles(**opts):
+                    ms = _bench(glocal_fn, rep_ms)
+                row["variants"].append(dict(options=str(opts), ms=ms, vs_flex=row["flex_ms"] / ms))
+                print(f"    variant {opts}: {ms:.3f} ms ({row['flex_ms'] / ms:.2f}x Flex)", flush=True)
+            except Exception as err:  # a variant that does not compile is reported, not fatal
+                print(f"    variant {opts}: failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+    return row
+
+
+def print_table(rows: list, card: str, mm_tflops: float | None) -> None:
+    print(f"\ncard: {card}; bf16, batch 1, 8 heads, head dim 128; medians of triton.testing.do_bench")
+    if mm_tflops:
+        print(f"bf16 matmul (8192^3): {mm_tflops:.0f} TFLOP/s (FLOP floor = useful FLOPs / this rate)")
+    head = (f"{'config':32s} {'glocal ms':>9s} {'flex ms':>8s} {'sdpa ms':>8s} {'vs flex':>8s} {'target':>6s} "
+            f"{'vs sdpa':>8s} {'glocal TF/s':>11s} {'flex TF/s':>9s} {'floor':>6s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:32s} error: {r['error']}")
+            continue
+        floor = r["useful_gflop"] / mm_tflops if mm_tflops else float("nan")
+        met = "ok" if r["vs_flex"] >= r["target"] else "MISS"
+        print(f"{r['name']:32s} {r['glocal_ms']:9.3f} {r['flex_ms']:8.3f} {r['sdpa_ms']:8.3f} "
+              f"{r['vs_flex']:7.2f}x {r['target']:4.1f}{met:>4s} {r['vs_sdpa']:7.2f}x {r['glocal_tflops']:11.0f} "
+              f"{r['flex_tflops']:9.0f} {floor:5.3f}ms")
+
+
+def main(args) -> int:
+    """Run the suite; ``args`` needs ``repeats``, ``quick``, ``json`` (others optional). Returns an exit code."""
+    if not torch.cuda.is_available():
+        print("the GPU suite needs a CUDA device; none is visible", file=sys.stderr)
+        return 2
+    from ..backends import triton as triton_backend
+
+    if not triton_backend._triton_installed():
+        print("triton is not installed: pip install glocal[triton]", file=sys.stderr)
+        return 2
+    quick = bool(getattr(args, "quick", False))
+    # do_bench's time budget per figure in ms; callers passing a small repeat count still get >= 25 ms.
+    rep_ms = max(int(getattr(args, "repeats", 100) or 100), 25)
+    if quick:
+        rep_ms = min(rep_ms, 30)
+    n_checks = getattr(args, "checks", None)
+    if n_checks is None:
+        n_checks = 20 if quick else 60
+    global HEAD_DIMS
+    if getattr(args, "head_dims", None):
+        HEAD_DIMS = tuple(int(x) for x in args.head_dims.split(","))
+    card = torch.cuda.get_device_name()
+    print(f"device: {card}, torch {torch.__version__}", flush=True)
+    result = dict(card=card, torch=torch.__version__)
+    if n_checks > 0:
+        result["check"] = check(n_checks)
+    result["matmul_tflops"] = matmul_tflops(rep_ms)
+    rows = []
+    only = getattr(args, "only", None)
+    path = getattr(args, "json", None)
+    to_stdout = path is True  # a boolean --json flag: JSON on stdout at the end
+    path = path if isinstance(path, str) and path else None
+    for cfg in CONFIGS:
+        if only and only not in cfg["name"]:
+            continue
+        print(f"timing {cfg['name']} ...", flush=True)
+        try:
+            keys = set(str(getattr(args, "variant_keys", "1,2,3,bwd")).split(","))
+            row = time_config(cfg, rep_ms, keys if getattr(args, "variants", False) else None)
+            print(f"  glocal {row['glocal_ms']:.3f} ms, flex {row['flex_ms']:.3f} ms, sdpa {row['sdpa_ms']:.3f} ms, "
+                  f"{row['vs_flex']:.2f}x flex; glocal vs flex rel. diff {row['agree_vs_flex']:.1e}", flush=True)
+        except Exception as err:  # one broken config must not lose the others' numbers
+            row = dict(name=cfg["name"], error=f"{type(err).__name__}: {str(err)[:300]}")
+            print(f"  error: {row['error']}", flush=True)
+        rows.append(row)
+        result["rows"] = rows
+        if path:  # after every row, so a run cut short keeps what it measured
+            with open(path, "w") as f:
+                json.dump(result, f, indent=1, default=str)
+    result["rows"] = rows
+    print_table(rows, card, result["matmul_tflops"])
+    if "check" in result:
+        c = result["check"]
+        print(f"checks: {c['problems']} random problems vs the float32 reference, worst relative error "
+              f"forward {c['worst_fwd']:.2e}, backward {c['worst_bwd']:.2e}, {len(c['failures'])} over tolerance")
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        print(f"wrote {path}")
+    if to_stdout:
+        print(json.dumps(result, default=str))
+    bad = result.get("check", {}).get("failures")
+    return 1 if bad or any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

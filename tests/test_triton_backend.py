@@ -1,0 +1,248 @@
+"""Triton backend vs the float64 reference, on CPU tensors through Triton's interpreter.
+
+The kernels run with ``TRITON_INTERPRET=1`` (set by the ``interpret`` fixture
+before the kernel module is first imported) and ``GLOCAL_POISON=1`` (every
+buffer a kernel writes starts as NaN, so an element no program writes fails).
+Tiles are small so that small grids still have several query and key tiles,
+full (unmasked) tiles and padded edges. Each case compares the output, the lse
+and the gradients of q, k, v (and of the extra keys/values) for a loss that
+uses both the output and the lse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import random
+
+import pytest
+import torch
+from conftest import sweep_size
+
+from glocal.backends import choose_backend, reference
+from glocal.spec import AttentionSpec, make_neighborhood_spec
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed (pip install glocal[triton])")
+
+SMALL_1D = dict(fwd_q=(1, 1, 16), fwd_k=(1, 1, 16), dq_q=(1, 1, 16), dq_k=(1, 1, 16), bwd_k=(1, 1, 16),
+                bwd_q=(1, 1, 16))
+SMALL_2D = dict(fwd_q=(1, 4, 4), fwd_k=(1, 2, 8), dq_q=(1, 2, 8), dq_k=(1, 4, 4), bwd_k=(1, 4, 4), bwd_q=(1, 2, 8))
+SMALL_3D = dict(fwd_q=(2, 2, 4), fwd_k=(1, 4, 4), dq_q=(2, 2, 4), dq_k=(1, 4, 4), bwd_k=(2, 2, 4), bwd_q=(1, 4, 4))
+SMALL = {1: SMALL_1D, 2: SMALL_2D, 3: SMALL_3D}
+
+
+@pytest.fixture(scope="module")
+def interpret():
+    """Run the kernels through the interpreter, with NaN-poisoned outputs; yields the ops module."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRITON_INTERPRET", "1")
+    mp.setenv("GLOCAL_POISON", "1")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from glocal.backends.triton import kernels, ops
+
+    if not isinstance(kernels._fwd_kernel, InterpretedFunction):
+        # Imported earlier without the interpreter (a CUDA run in this process): decorate again.
+        importlib.reload(kernels)
+    yield ops
+    mp.undo()
+
+
+def _compare(ops, spec, batch=1, hq=2, hkv=2, d_qk=16, d_v=16, extra=0, dtype=torch.float32, tiles=None,
+             transposed=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    q = rand(batch, *spec.spatial, hq, d_qk)
+    if transposed:
+        # A non-contiguous q: heads-last view of a heads-first tensor.
+        q = rand(batch, hq, *spec.spatial, d_qk).movedim(1, -2)
+    k = rand(batch, *spec.spatial, hkv, d_qk)
+    v = rand(batch, *spec.spatial, hkv, d_v)
+    ak = rand(batch, extra, hkv, d_qk) if extra else None
+    av = rand(batch, extra, hkv, d_v) if extra else None
+    inputs = [x.requires_grad_() for x in (q, k, v, ak, av) if x is not None]
+    scale = d_qk ** -0.5
+    with ops.tiles(**(tiles or SMALL[spec.ndim])):
+        out, lse = ops.neighborhood(spec, q, k, v, scale, ak, av)
+        gout = torch.randn(out.shape, generator=gen)
+        glse = torch.randn(lse.shape, generator=gen)
+        grads = torch.autograd.grad((out.float() * gout).sum() + (lse * glse).sum(), inputs)
+    ref_in = [x.detach().double().requires_grad_() for x in inputs]
+    r_extra = (ref_in[3], ref_in[4]) if extra else (None, None)
+    rout, rlse = reference.run(spec, *ref_in[:3], scale, *r_extra)
+    rgrads = torch.autograd.grad((rout * gout.double()).sum() + (rlse * glse.double()).sum(), ref_in)
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}[dtype]
+    assert out.dtype == dtype and out.shape == rout.shape
+    assert lse.dtype == torch.float32 and lse.shape == rlse.shape
+    names = ["out", "lse", "dq", "dk", "dv", "d_additional_keys", "d_additional_values"]
+    for name, got, want in zip(names, [out, lse, *grads], [rout, rlse, *rgrads]):
+        assert torch.isfinite(got).all(), f"{name} has NaN/inf (unwritten element?)"
+        err = ((got.double() - want).abs().max() / want.abs().max()).item()
+        assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+CASES = [
+    # (spatial, kernel_size, stride, dilation, is_causal, extra keyword arguments)
+    ((64,), 33, 1, 1, False, {}),  # interior key tiles skip the mask (and, head dim 16, the load masks)
+    ((50,), 37, 1, 1, True, dict(d_qk=24, d_v=8)),  # causal 1-D with full tiles, padded head dims
+    ((40,), 7, 2, 2, True, dict(hq=4, hkv=2, extra=3)),  # stride, dilation, causal, GQA, extra keys
+    ((9, 11), (3, 5), (2, 1), (1, 2), (False, True), dict(hq=1, hkv=1, transposed=True)),
+    # Full tiles in 2-D (core of a 4x4 query box is 6 wide), MQA.
+    ((12, 12), 9, 1, 1, False, dict(hkv=1, tiles=dict(fwd_q=(1, 4, 4), fwd_k=(1, 4, 4), dq_q=(1, 4, 4),
+                                                        dq_k=(1, 4, 4), bwd_k=(1, 4, 4), bwd_q=(1, 4, 4)))),
+    ((4, 5, 6), (3, 3, 5), (1, 2, 1), (1, 1, 1), (True, False, False), dict(hq=1, hkv=1)),
+    ((6, 7, 5), (3, 2, 2), (2, 1, 2), (2, 3, 2), (False, True, False), dict(hq=1, hkv=1, d_qk=24, d_v=40)),
+]
+
+
+@pytest.mark.parametrize("spatial,kernel_size,stride,dilation,causal,kw", CASES)
+def test_matches_reference(interpret, spatial, kernel_size, stride, dilation, causal, kw):
+    spec = make_neighborhood_spec(spatial, kernel_size, stride, dilation, causal)
+    _compare(interpret, spec, **kw)
+
+
+@pytest.mark.parametrize("path", [dict(fwd_split_1d=True), dict(fwd_tma=True)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_opt_in_1d_forward_paths(interpret, path, causal):
+    # The split-loop and TMA 1-D forwards (off by default): full core tiles, GQA, batch 2, extra keys.
+    spec = make_neighborhood_spec((64,), 33, 1, 1, causal)
+    _compare(interpret, spec, batch=2, hq=2, hkv=1, extra=2, tiles={**SMALL_1D, **path})
+
+
+def test_float16(interpret):
+    spec = make_neighborhood_spec((10, 12), (5, 3), (1, 2), (2, 1), (False, False))
+    _compare(interpret, spec, dtype=torch.float16, hq=1, hkv=1, extra=2)
+
+
+# bfloat16 is not tested here: Triton 3.6's interpreter multiplies bf16 operands of tl.dot
+# wrongly (a plain bf16 x bf16 product is off by 1e10), so bf16 is checked on the GPU by
+# benchmarks/gpu.py (random problems against the float32 reference).
+
+
+def test_wide_head_dim_default_tiles(interpret):
+    # A head dim over 128 (padded to 256) takes the wide-row tile table.
+    spec = make_neighborhood_spec((21,), 5, 2, 1, False)
+    _compare(interpret, spec, hq=1, hkv=1, d_qk=136, d_v=8, tiles={})
+
+
+def test_default_tiles_pad_small_grids(interpret):
+    # The GPU tile shapes (128-query boxes) on a grid smaller than one tile: padded and masked.
+    spec = make_neighborhood_spec((7, 9), 3)
+    _compare(interpret, spec, tiles={})
+
+
+def _random_spec(rng: random.Random):
+    ndim = rng.choice((1, 2, 3))
+    spatial, ks, ss, ds, cs = [], [], [], [], []
+    for _ in range(ndim):
+        length = rng.randint(3, {1: 40, 2: 10, 3: 5}[ndim])
+        d = rng.choice((1, 1, 2)) if length >= 4 else 1
+        k = rng.randint(1, length // d)
+        spatial.append(length)
+        ks.append(k)
+        ss.append(rng.randint(1, k))
+        ds.append(d)
+        cs.append(rng.random() < 0.4)
+    return make_neighborhood_spec(tuple(spatial), tuple(ks), tuple(ss), tuple(ds), tuple(cs))
+
+
+def _random_case(interpret, seed):
+    rng = random.Random(1000 + seed)
+    spec = _random_spec(rng)
+    hkv = rng.choice((1, 2))
+    _compare(interpret, spec, hq=hkv * rng.choice((1, 2)), hkv=hkv, extra=rng.choice((0, 2)), seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(sweep_size(3)))
+def test_random_problems(interpret, seed):
+    _random_case(interpret, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GLOCAL_SWEEP"), reason="long interpreter sweep: set GLOCAL_SWEEP=N to run it")
+@pytest.mark.parametrize("seed", range(100, 100 + sweep_size(20)))
+def test_random_problems_long(interpret, seed):
+    _random_case(interpret, seed)
+
+
+def test_dispatch_picks_triton_for_cpu_tensors_under_interpreter(interpret):
+    from glocal.backends import triton as backend
+
+    spec = make_neighborhood_spec((8,), 3)
+    q = torch.randn(1, 8, 2, 16)
+    tensors = {"q": q, "k": q, "v": q, "additional_keys": None, "additional_values": None}
+    assert backend.can_run(spec, tensors) == []
+    assert choose_backend(spec, tensors, "triton") is backend
+
+
+# One test per refusal message.
+
+def _tensors(q, k=None, v=None):
+    return {"q": q, "k": q if k is None else k, "v": q if v is None else v,
+            "additional_keys": None, "additional_values": None}
+
+
+def test_refuses_cpu_tensors_without_interpreter(monkeypatch):
+    from glocal.backends import triton as backend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16)))
+    assert any("triton needs CUDA tensors" in r and "TRITON_INTERPRET=1" in r for r in reasons)
+
+
+def test_refuses_when_triton_missing(monkeypatch):
+    from glocal.backends import triton as backend
+
+    monkeypatch.setattr(backend, "_triton_installed", lambda: False)
+    reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16)))
+    assert reasons == ["triton is not installed: pip install glocal[triton]"]
+
+
+def test_refuses_float64(monkeypatch):
+    from glocal.backends import triton as backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16, dtype=torch.float64)))
+    assert reasons == ["triton runs float16, bfloat16 and float32 (as TF32), not torch.float64"]
+
+
+@pytest.mark.parametrize("width", [12, 264])
+def test_refuses_head_dims(monkeypatch, width):
+    from glocal.backends import triton as backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, width)))
+    assert reasons == [f"triton takes head dims that are multiples of 8 up to 256; got q.shape[-1]={width}"]
+
+
+def test_refuses_dense_attention_spec():
+    from glocal.backends import triton as backend
+
+    reasons = backend.can_run(AttentionSpec(8, 8, False), _tensors(torch.randn(1, 8, 2, 16)))
+    assert reasons == ["triton implements neighborhood attention only, not AttentionSpec"]
+
+
+# The GPU suite's own bookkeeping (it runs only on a GPU, so check its CPU-side pieces here).
+
+def test_gpu_suite_counts_useful_pairs_exactly():
+    from glocal.bench import gpu
+    from glocal.masks import dense_mask
+
+    for spec in (make_neighborhood_spec((9, 7), (3, 5), (2, 1), (1, 1), (True, False)),
+                 make_neighborhood_spec((20,), 6, 3, 2, False)):
+        assert gpu._useful_pairs(spec) == int(dense_mask(spec).sum())
+
+
+def test_gpu_suite_random_problems_are_valid():
+    from glocal.bench import gpu
+
+    rng = random.Random(0)
+    for _ in range(200):
+        p = gpu._random_problem(rng)
+        make_neighborhood_spec(p["spatial"], p["kernel_size"], p["stride"], p["dilation"], p["is_causal"])
+        assert p["hq"] % p["hkv"] == 0 and p["d_qk"] % 8 == 0
