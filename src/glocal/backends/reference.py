@@ -82,3 +82,20 @@ def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=Non
     out = out.reshape(*q.shape[:-1], v.shape[-1]).to(q.dtype)
     lse = lse.permute(0, 2, 1).reshape(q.shape[:-1])
     return out, lse
+
+
+def merge_extra_tokens(q, out, lse, additional_keys, additional_values, scale: float):
+    """Add the extra tokens to a neighborhood result: dense attention of every query over them, merged by lse.
+
+    Shapes: q: [B, *grid, H_q, D]; out: [B, *grid, H_q, D_v]; lse: [B, *grid, H_q];
+    additional_keys / additional_values: [B, S, H_kv, D] / [B, S, H_kv, D_v]. Returns (out, lse)
+    of one softmax over the neighborhood and the extra tokens. The S extra tokens cost
+    O(N·S) memory (one score matrix). Fast backends use this for their extra-token branch.
+    """
+    from ..functional import merge_attentions
+
+    flat_q = q.flatten(1, -3)
+    spec = AttentionSpec(flat_q.shape[1], additional_keys.shape[1], False)
+    out_e, lse_e = run(spec, flat_q, additional_keys, additional_values, scale)
+    merged, merged_lse = merge_attentions([out, out_e.reshape(out.shape).to(out.dtype)], [lse, lse_e.reshape(lse.shape)])
+    return merged, merged_lse

@@ -339,23 +339,6 @@ class _NeighborhoodFn(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _extra_branch(q, ak, av, scale: float):
-    """Dense attention of every query over the extra tokens: ``(out [B, *spatial, H_q, D_v], lse)``.
-
-    S extra tokens cost O(N·S) memory, as one [B, H, N, S] score matrix.
-    """
-    from ..reference import softmax_with_lse
-
-    batch, hq, hkv = q.shape[0], q.shape[-2], ak.shape[-2]
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qf = q.reshape(batch, -1, hq, q.shape[-1]).to(compute)
-    kf = ak.to(compute).repeat_interleave(hq // hkv, dim=2)
-    vf = av.to(compute).repeat_interleave(hq // hkv, dim=2)
-    probs, lse = softmax_with_lse(torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale)
-    out = torch.einsum("bhqk,bkhd->bqhd", probs, vf)
-    return out.reshape(*q.shape[:-1], av.shape[-1]), lse.permute(0, 2, 1).reshape(q.shape[:-1])
-
-
 def neighborhood(spec, q, k, v, scale: float, additional_keys=None, additional_values=None):
     """Neighborhood attention through the fused kernels, with extra keys/values merged by lse."""
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
@@ -363,8 +346,6 @@ def neighborhood(spec, q, k, v, scale: float, additional_keys=None, additional_v
     out, lse = _NeighborhoodFn.apply(q, k, v, spec, float(scale))
     if additional_keys is None:
         return out, lse
-    from ...functional import merge_attentions
+    from ..reference import merge_extra_tokens
 
-    out_e, lse_e = _extra_branch(q, additional_keys, additional_values, float(scale))
-    merged, lse_m = merge_attentions([out.to(out_e.dtype), out_e], [lse, lse_e.to(lse.dtype)])
-    return merged.to(q.dtype), lse_m
+    return merge_extra_tokens(q, out, lse, additional_keys, additional_values, float(scale))

@@ -1,0 +1,154 @@
+"""``glocal bench``: time glocal against dense SDPA, compiled FlexAttention and NATTEN.
+
+Usage:
+    glocal bench                                  # the default CPU suite (see glocal.bench.neighborhood)
+    glocal bench --config 2d:64x64,k7,h4,dim64 --backward --json out.json --plot out.png
+    glocal bench --scaling --plot scaling.png     # 2-D grids 32x32 .. 256x256 at K=7
+    glocal bench --family global                  # the global-attention family
+    glocal bench --device cuda                    # the GPU suite
+
+Example:
+    >>> from glocal.cli import main
+    >>> main(["bench", "--quick", "--no-progress", "--no-flex", "--config", "1d:64,k7,h1,dim16"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "benchmark glocal against dense SDPA, compiled FlexAttention and NATTEN (table, --json, --plot)"
+
+# Importing the suite module here would import torch; the CLI only needs the names, so they are listed.
+FIELDS = [
+    "config", "spatial", "kernel_size", "stride", "dilation", "is_causal", "batch", "heads", "head_dim",
+    "tokens", "dtype", "glocal_path", "glocal_ms", "dense_ms", "speedup_vs_dense", "flex_ms", "flex_compile_s",
+    "speedup_vs_flex", "natten_ms", "speedup_vs_natten", "glocal_bwd_ms", "dense_bwd_ms",
+    "speedup_bwd_vs_dense", "flex_bwd_ms", "useful_gflop", "floor_ms", "floor_fraction", "floor_bwd_ms",
+    "floor_bwd_fraction", "matmul_gflops", "peak_extra_bytes", "qkvo_bytes", "peak_vs_qkvo",
+]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", action="append", default=None, metavar="SPEC",
+                        help="problem to time, repeatable: Nd:GRID then ,k ,s ,d ,h ,dim ,b ,causal= "
+                             "(e.g. 2d:64x64,k7,s1,d1,h4,dim64,causal=0; per-axis values joined by x: k3x7x7)")
+    parser.add_argument("--backward", action="store_true", help="also time forward+backward")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="input dtype (default float32)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per figure (median); default 5, 2 with --quick")
+    parser.add_argument("--json", metavar="PATH", help="write machine, matmul rate and every row as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="PNG of time vs tokens (log-log), one line per implementation")
+    parser.add_argument("--quick", action="store_true", help="tiny configs and few repeats (a smoke test)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="2-D grids 32x32..256x256 at fixed K: glocal linear vs dense quadratic (table + PNG)")
+    parser.add_argument("--kernel", type=int, default=7, help="kernel size for --scaling (default 7)")
+    parser.add_argument("--dense-max-tokens", type=int, default=None,
+                        help="skip the dense and Flex baselines above this many tokens (default 16384)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for every implementation (torch.set_num_threads); default: torch's")
+    parser.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention (saves its compile time)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--family", choices=["neighborhood", "global"], default="neighborhood",
+                        help="benchmark family (default neighborhood)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
+
+
+def _progress(items, enabled: bool, desc: str):
+    """tqdm when installed (imported only here), else one plain line per item on stderr."""
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="config", file=sys.stderr)
+    except ImportError:
+        def plain():
+            for i, item in enumerate(items):
+                print(f"[{i + 1}/{len(items)}] {desc}: {item}", file=sys.stderr, flush=True)
+                yield item
+
+        return plain()
+
+
+def _write_json(path: str, payload: dict) -> None:
+    import json
+
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"wrote {path}")
+
+
+def _global_family(args) -> int:
+    try:
+        from . import global_family
+    except ImportError as err:
+        print(f"the global benchmark family is not in this build ({err}).", file=sys.stderr)
+        return 1
+    repeats = args.repeats or (2 if args.quick else 5)
+    rows = global_family.run(repeats=repeats, quick=args.quick)
+    print(global_family.format_table(rows))
+    if args.json:
+        _write_json(args.json, {"family": "global", "repeats": repeats, "results": rows})
+    return 0
+
+
+def _cuda(args) -> int:
+    try:
+        from . import gpu
+    except ImportError as err:
+        print(f"the GPU benchmark suite is not in this build ({err}).", file=sys.stderr)
+        return 1
+    return gpu.main(args)
+
+
+def main(args) -> int:
+    if args.device == "cuda":
+        return _cuda(args)
+    if args.family == "global":
+        return _global_family(args)
+
+    import torch
+
+    from ..backends import cpu
+    from . import neighborhood as suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    repeats = args.repeats or (2 if args.quick else 5)
+    dense_max = args.dense_max_tokens or suite.DENSE_MAX_TOKENS
+    if args.scaling:
+        texts = args.config or suite.scaling_configs(args.kernel, 4, 64, args.quick)
+    else:
+        texts = args.config or (suite.QUICK_CONFIGS if args.quick else suite.DEFAULT_CONFIGS)
+    try:
+        configs = [suite.parse_config(t) for t in texts]
+    except ValueError as err:
+        print(f"glocal bench: {err}", file=sys.stderr)
+        return 2
+
+    print(f"glocal bench: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.dtype}, "
+          f"median of {repeats}; {cpu.describe()}", flush=True)
+    gflops = suite.matmul_gflops(dtype if dtype != torch.float16 else torch.float32, repeats)
+    print(f"matmul rate (1024² {args.dtype} mm): {gflops:.0f} GFLOP/s now; each row's floor uses a rate "
+          f"measured just before it", flush=True)
+    rows = []
+    for cfg in _progress(configs, not args.no_progress, "bench"):
+        rows.append(suite.run_config(cfg, dtype, repeats, args.backward, dense_max_tokens=dense_max,
+                                     flex=not args.no_flex and not args.scaling))
+    if args.scaling:
+        print(suite.scaling_table(rows))
+    else:
+        print(suite.format_table(rows, args.backward))
+    print("x = speedup of glocal (time of the other / glocal's); % floor = FLOP floor / glocal time; "
+          "peak = extra memory of the glocal forward; FlexAttention on the CPU is inference only (f+b n/a).")
+    if args.json:
+        _write_json(args.json, {"family": "neighborhood", "machine": suite.machine(), "matmul_gflops": gflops,
+                                "dtype": args.dtype, "repeats": repeats, "backward": args.backward,
+                                "scaling": args.scaling, "results": rows})
+    plot_path = args.plot or ("scaling.png" if args.scaling else None)
+    if plot_path:
+        title = "glocal vs dense, 2-D grids" if args.scaling else "neighborhood attention, CPU"
+        suite.plot(rows, plot_path, f"{title} ({torch.get_num_threads()} threads, {args.dtype})")
+        print(f"wrote {plot_path}")
+    return 0
