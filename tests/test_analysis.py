@@ -126,6 +126,14 @@ def test_capture_sdpa_matches_manual(gen, additive):
     assert torch.equal(out, layer(x, mask))
 
 
+def test_capture_with_autograd_on_keeps_no_graph(tmp_path, gen):
+    layer = SdpaAttention()  # parameters require grad, and no torch.no_grad() around the call
+    with capture(layer) as rec:
+        layer(torch.randn(1, 9, 16, generator=gen))
+    assert not rec.maps[0][0].requires_grad
+    assert all(os.path.getsize(p) > 1000 for p in rec.report(window=3).plot(tmp_path))
+
+
 def test_capture_glocal_op_with_extra_keys(gen):
     q, k, v = (torch.randn(1, 10, 2, 8, generator=gen) for _ in range(3))
     ek, ev = torch.randn(1, 2, 2, 8, generator=gen), torch.randn(1, 2, 2, 8, generator=gen)

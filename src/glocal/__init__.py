@@ -4,6 +4,7 @@ See the README for a tour; every public function's docstring has a shape
 legend and an example.
 """
 
+from . import analysis, nn
 from .backends import available as available_backends
 from .backends import use_backend
 from .convert import convert, plan_from_report

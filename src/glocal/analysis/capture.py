@@ -149,6 +149,7 @@ class Recorder:
         self._counter += 1
         return index
 
+    @torch.no_grad()  # recording observes the model; it must not keep (or pay for) an autograd graph
     def _handle(self, call: AttentionCall):
         named = call.layer >= 0 and call.name
         layer = self._layer_index(call)

@@ -138,10 +138,11 @@ def main(args) -> int:
                                      flex=not args.no_flex and not args.scaling))
     if args.scaling:
         print(suite.scaling_table(rows))
+        print("x dense = dense time / glocal time; growth = time / time of the grid before.")
     else:
         print(suite.format_table(rows, args.backward))
-    print("x = speedup of glocal (time of the other / glocal's); % floor = FLOP floor / glocal time; "
-          "peak = extra memory of the glocal forward; FlexAttention on the CPU is inference only (f+b n/a).")
+        print("x = speedup of glocal (time of the other / glocal's); % floor = FLOP floor / glocal time; "
+              "peak = extra memory of the glocal forward; FlexAttention on the CPU is inference only (f+b n/a).")
     if args.json:
         _write_json(args.json, {"family": "neighborhood", "machine": suite.machine(), "matmul_gflops": gflops,
                                 "dtype": args.dtype, "repeats": repeats, "backward": args.backward,
