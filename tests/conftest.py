@@ -12,6 +12,12 @@ import sys
 import pytest
 import torch
 
+# Without a GPU the Triton kernels are tested on CPU tensors through Triton's interpreter. The
+# variable must be set before anything imports triton (FlexAttention, `glocal info`, ...): triton's
+# own library functions are decorated for the interpreter, or not, when triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Make tests/bruteforce.py importable as ``bruteforce`` whatever the import mode.
 sys.path.insert(0, os.path.dirname(__file__))
 
