@@ -11,7 +11,6 @@ uses both the output and the lse.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import random
@@ -44,8 +43,9 @@ def interpret():
     from glocal.backends.triton import kernels, ops
 
     if not isinstance(kernels._fwd_kernel, InterpretedFunction):
-        # Imported earlier without the interpreter (a CUDA run in this process): decorate again.
-        importlib.reload(kernels)
+        # triton decorates its own library for the interpreter only when imported with the variable set.
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it on "
+                    "machines without a GPU)")
     yield ops
     mp.undo()
 

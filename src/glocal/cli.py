@@ -28,7 +28,7 @@ def _info(args) -> int:
             print(f"  {name:10s} not in this build")
             continue
         for device in probe_devices:
-            q = torch.zeros(1, 16, 16, 1, 8, device=device)
+            q = torch.zeros(1, 16, 16, 1, 32, device=device)
             tensors = {"q": q, "k": q, "v": q, "additional_keys": None, "additional_values": None}
             reasons = module.can_run(spec, tensors)
             status = "can run" if not reasons else "cannot run: " + "; ".join(reasons)
