@@ -111,6 +111,7 @@ def main(args) -> int:
 
     from ..backends import cpu
     from . import neighborhood as suite
+    from . import timing
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,7 +130,7 @@ def main(args) -> int:
 
     print(f"glocal bench: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.dtype}, "
           f"median of {repeats}; {cpu.describe()}", flush=True)
-    gflops = suite.matmul_gflops(dtype if dtype != torch.float16 else torch.float32, repeats)
+    gflops = timing.matmul_gflops(dtype if dtype != torch.float16 else torch.float32, repeats)
     print(f"matmul rate (1024² {args.dtype} mm): {gflops:.0f} GFLOP/s now; each row's floor uses a rate "
           f"measured just before it", flush=True)
     rows = []

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..linear import linear_attention, linear_attention_step
-from .timing import median_ms, peak_cpu_bytes
+from .timing import matmul_gflops, median_ms, peak_cpu_bytes
 
 HEADS, HEAD_DIM = 4, 64
 SDPA_MAX_T = 16384
@@ -29,12 +29,6 @@ MIB = 2 ** 20
 def _inputs(t: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(1, t, HEADS, HEAD_DIM, generator=gen) for _ in range(3)]
-
-
-def matmul_gflops(repeats: int) -> float:
-    """Measured float32 matmul rate (GFLOP/s) of a 1024^2 product on this machine, now."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    return 2 * 1024 ** 3 / (median_ms(lambda: torch.mm(a, b), max(3, repeats), 2) * 1e-3) / 1e9
 
 
 def _prefill_row(t: int, repeats: int, gflops: float) -> dict:
@@ -89,7 +83,7 @@ def run(repeats: int, quick: bool) -> list[dict]:
     """Measure the family; one dict per row (see the module docstring)."""
     with torch.no_grad():
         lengths = (1024, 4096) if quick else (4096, 16384, 65536)
-        gflops = matmul_gflops(repeats)
+        gflops = matmul_gflops(torch.float32, repeats)
         rows = [_prefill_row(t, repeats, gflops) for t in lengths]
         rows.append(_decode_row(100, 10, repeats) if quick else _decode_row(1000, 50, repeats))
     return rows

@@ -99,22 +99,6 @@ def attended_pairs(spec) -> int:
     return total
 
 
-def matmul_gflops(dtype: torch.dtype, repeats: int) -> float:
-    """Matmul rate (GFLOP/s) of a 1024² product in ``dtype`` on this machine now: the best of the
-    repeats, since the floor is what the hardware can do, not what a busy moment allows."""
-    import time
-
-    a = torch.randn(1024, 1024).to(dtype)
-    b = torch.randn(1024, 1024).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(max(3, repeats)):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * 1024 ** 3 / best / 1e9
-
-
 def _flex_callable(cfg, q):
     """Compiled FlexAttention with the neighborhood block mask, and its one-off cost in seconds."""
     import time
@@ -172,7 +156,7 @@ def run_config(cfg: dict, dtype: torch.dtype, repeats: int, backward: bool,
 
     import glocal
     from ..backends import cpu
-    from .timing import peak_cpu_bytes
+    from .timing import matmul_gflops, peak_cpu_bytes
 
     spec, heads, dim, batch = cfg["spec"], cfg["heads"], cfg["head_dim"], cfg["batch"]
     gen = torch.Generator().manual_seed(0)

@@ -48,3 +48,17 @@ def peak_cpu_bytes(fn) -> int:
         live += e.nbytes()
         peak = max(peak, live)
     return peak
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """Matmul rate (GFLOP/s) of a 1024² product in ``dtype`` on this CPU now: the best of the
+    repeats, since a FLOP floor is what the hardware can do, not what a busy moment allows."""
+    a = torch.randn(1024, 1024).to(dtype)
+    b = torch.randn(1024, 1024).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(max(3, repeats)):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024 ** 3 / best / 1e9
