@@ -43,8 +43,8 @@ Three code paths, all exact, share the tables:
   every row, and out = P·V runs 16 output columns at a time. The backward
   uses the same blocks: recompute S and P from the saved lse, dP = dO·V^T,
   dS = P (dP - delta), dq = dS·K written once per query, and dk, dv
-  scattered into one buffer per thread (summed at the end), so memory is
-  O(threads · N · D), never O(N²);
+  accumulated in phases in which no two threads write the same key (no
+  atomics, no per-thread copies), so memory is O(N · D), never O(N²);
 - per-query compiled kernels (other head dims, and float64): one pass per
   query over its window with the head dim as a compile-time constant where it
   is 16/32/64/128; backward computes dq per query and dk/dv per key over the
