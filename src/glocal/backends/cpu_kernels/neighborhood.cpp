@@ -351,6 +351,34 @@ struct BlockGeometry {
     blk = strip * bps + j;
     return blk < nblocks;
   }
+
+  // The keys of block blk (at rows p0, p1 of the leading axes, batch b): one span of W keys on
+  // the last axis for each of the R key rows of the leading axes. Fills rows[r] (permuted flat
+  // token of the span start), token_rows[r] (its row in the [B, N, Hkv, D] inputs; keys of a
+  // dilation group are d2 tokens apart), and per lane the query token and its [lo, hi) inside
+  // the span. Padding lanes repeat the last query; with empty_padding their range is empty (the
+  // backward: they must add nothing to dk and dv). Returns R.
+  int64_t block_keys(int64_t blk, int64_t p0, int64_t p1, int64_t b, int64_t N, int64_t Hkv, int qb,
+                     bool empty_padding, int64_t* rows, int64_t* token_rows, int64_t* qtok, float* lo,
+                     float* hi, int64_t& W) const {
+    const int64_t first = bstart[blk], nq = bcount[blk];
+    const int64_t u0 = kstart[2][first];
+    W = kstart[2][first + nq - 1] + kcount[2][first + nq - 1] - u0;
+    int64_t R = 0;
+    for (int64_t j0 = 0; j0 < kcount[0][p0]; ++j0)
+      for (int64_t j1 = 0; j1 < kcount[1][p1]; ++j1) {
+        rows[R] = ((kstart[0][p0] + j0) * L[1] + kstart[1][p1] + j1) * L[2] + u0;
+        token_rows[R] = (b * N + orig[rows[R]]) * Hkv;
+        ++R;
+      }
+    for (int i = 0; i < qb; ++i) {
+      const int64_t p2 = first + (i < nq ? i : nq - 1);
+      qtok[i] = orig[(p0 * L[1] + p1) * L[2] + p2];
+      lo[i] = static_cast<float>(kstart[2][p2] - u0);
+      hi[i] = (i < nq || !empty_padding) ? lo[i] + static_cast<float>(kcount[2][p2]) : lo[i];
+    }
+    return R;
+  }
 };
 
 typedef int32_t v16i __attribute__((vector_size(64)));
@@ -395,7 +423,7 @@ void forward_blocked_impl(const float* q, const float* kt, const float* v, float
                           int64_t N, int64_t npad, int64_t Hq, int64_t Hkv, int64_t dq, int64_t dv,
                           const BlockGeometry& g, float scale, int64_t rmax, int64_t wmax, int64_t d2) {
   const int64_t group = Hq / Hkv;
-  const int64_t L1 = g.L[1], L2 = g.L[2];
+  const int64_t L1 = g.L[1];
   const int64_t items = B * g.L[0] * g.nstrips * L1 * g.bps;
   const int64_t wpad = (wmax + 15) / 16 * 16;
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -409,26 +437,10 @@ void forward_blocked_impl(const float* q, const float* kt, const float* v, float
     for (int64_t item = begin; item < end; ++item) {
       int64_t blk, p1, p0, b;
       if (!g.decode(item, blk, p1, p0, b)) continue;
-      const int64_t first = g.bstart[blk], nq = g.bcount[blk];
-      // key rows (permuted flat token of each row's span start) and the span on the last axis
-      const int64_t u0 = g.kstart[2][first];
-      const int64_t u1 = g.kstart[2][first + nq - 1] + g.kcount[2][first + nq - 1];
-      const int64_t W = u1 - u0, nchunk = (W + 15) / 16;
-      int64_t R = 0;
-      for (int64_t j0 = 0; j0 < g.kcount[0][p0]; ++j0)
-        for (int64_t j1 = 0; j1 < g.kcount[1][p1]; ++j1) {
-          rows[R] = ((g.kstart[0][p0] + j0) * L1 + g.kstart[1][p1] + j1) * L2 + u0;
-          vrow[R] = (b * N + g.orig[rows[R]]) * Hkv;  // in a group, consecutive keys are d2 tokens apart
-          ++R;
-        }
-      int64_t qtok[QB];
+      int64_t qtok[QB], W;
       float lo[QB], hi[QB];
-      for (int i = 0; i < QB; ++i) {
-        const int64_t p2 = first + (i < nq ? i : nq - 1);  // padding lanes repeat the last query
-        qtok[i] = g.orig[(p0 * L1 + p1) * L2 + p2];
-        lo[i] = static_cast<float>(g.kstart[2][p2] - u0);
-        hi[i] = lo[i] + static_cast<float>(g.kcount[2][p2]);
-      }
+      const int64_t R = g.block_keys(blk, p0, p1, b, N, Hkv, QB, false, rows.data(), vrow.data(), qtok, lo, hi, W);
+      const int64_t nq = g.bcount[blk], nchunk = (W + 15) / 16;
       // pack the block's queries of every head, reading each token's heads as one contiguous row
       for (int i = 0; i < QB; ++i) {
         const float* qp = q + (b * N + qtok[i]) * Hq * dq;
@@ -573,26 +585,10 @@ void backward_blocked_impl(const float* q, const float* k, const float* v, const
     for (int64_t item = begin; item < end; ++item) {
       int64_t blk, p1, p0, b;
       if (!g.decode(item, blk, p1, p0, b)) continue;
-      const int64_t first = g.bstart[blk], nq = g.bcount[blk];
-      const int64_t u0 = g.kstart[2][first];
-      const int64_t u1 = g.kstart[2][first + nq - 1] + g.kcount[2][first + nq - 1];
-      const int64_t W = u1 - u0, nchunk = (W + 15) / 16;
-      int64_t R = 0;
-      for (int64_t j0 = 0; j0 < g.kcount[0][p0]; ++j0)
-        for (int64_t j1 = 0; j1 < g.kcount[1][p1]; ++j1) {
-          rows[R] = ((g.kstart[0][p0] + j0) * L1 + g.kstart[1][p1] + j1) * L2 + u0;
-          krow[R] = (b * N + g.orig[rows[R]]) * Hkv;  // token row of the span start; keys step d2 tokens
-          ++R;
-        }
-      int64_t qtok[QB];
+      int64_t qtok[QB], W;
       float lo[QB], hi[QB];
-      for (int i = 0; i < QB; ++i) {
-        const int64_t p2 = first + (i < nq ? i : nq - 1);
-        qtok[i] = g.orig[(p0 * L1 + p1) * L2 + p2];
-        lo[i] = static_cast<float>(g.kstart[2][p2] - u0);
-        // padding lanes get an empty range: they must add nothing to dk and dv
-        hi[i] = i < nq ? lo[i] + static_cast<float>(g.kcount[2][p2]) : lo[i];
-      }
+      const int64_t R = g.block_keys(blk, p0, p1, b, N, Hkv, QB, true, rows.data(), krow.data(), qtok, lo, hi, W);
+      const int64_t nq = g.bcount[blk], nchunk = (W + 15) / 16;
       for (int i = 0; i < QB; ++i) {
         const float* qp = q + (b * N + qtok[i]) * Hq * dq;
         for (int64_t hd = 0; hd < Hq * dq; ++hd) qblk[hd * QB + i] = qp[hd] * scale;
