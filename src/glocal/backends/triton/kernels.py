@@ -61,6 +61,28 @@ def _window(x, lg, ksize, stride, causal):
 
 
 @triton.jit
+def _box_origin(pid, NTz, NTy, NTx, Lz, Ly, Lx, Dz, Dy, Dx,
+                BZ: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr):
+    """Program pid's dilation group (gz, gy, gx), that group's lengths, and its box's first coordinates.
+
+    Programs enumerate (group, box) pairs, the NTz x NTy x NTx boxes of each group in row-major order.
+    """
+    ntiles = NTz * NTy * NTx
+    g = pid // ntiles
+    t = pid % ntiles
+    gz = g // (Dy * Dx)
+    gy = (g // Dx) % Dy
+    gx = g % Dx
+    lgz = (Lz - gz + Dz - 1) // Dz
+    lgy = (Ly - gy + Dy - 1) // Dy
+    lgx = (Lx - gx + Dx - 1) // Dx
+    z0 = (t // (NTy * NTx)) * BZ
+    y0 = ((t // NTx) % NTy) * BY
+    x0 = (t % NTx) * BX
+    return gz, gy, gx, lgz, lgy, lgx, z0, y0, x0
+
+
+@triton.jit
 def _in_window(y, lo, hi):
     """[M, N] mask: key coordinate y[None, :] inside [lo, hi) of each row; one unsigned compare."""
     return (y[None, :] - lo[:, None]).to(tl.uint32, bitcast=True) < (hi - lo)[:, None].to(tl.uint32, bitcast=True)
@@ -124,18 +146,7 @@ def _fwd_kernel(
     b = bh // H
     h = bh % H
     hk = h // GQA
-    ntiles = NTz * NTy * NTx
-    g = pid // ntiles
-    t = pid % ntiles
-    gz = g // (Dy * Dx)
-    gy = (g // Dx) % Dy
-    gx = g % Dx
-    lgz = (Lz - gz + Dz - 1) // Dz
-    lgy = (Ly - gy + Dy - 1) // Dy
-    lgx = (Lx - gx + Dx - 1) // Dx
-    q0z = (t // (NTy * NTx)) * BZ
-    q0y = ((t // NTx) % NTy) * BY
-    q0x = (t % NTx) * BX
+    gz, gy, gx, lgz, lgy, lgx, q0z, q0y, q0x = _box_origin(pid, NTz, NTy, NTx, Lz, Ly, Lx, Dz, Dy, Dx, BZ, BY, BX)
     if (q0z >= lgz) | (q0y >= lgy) | (q0x >= lgx):
         return
 
@@ -254,18 +265,7 @@ def _dq_kernel(
     b = bh // H
     h = bh % H
     hk = h // GQA
-    ntiles = NTz * NTy * NTx
-    g = pid // ntiles
-    t = pid % ntiles
-    gz = g // (Dy * Dx)
-    gy = (g // Dx) % Dy
-    gx = g % Dx
-    lgz = (Lz - gz + Dz - 1) // Dz
-    lgy = (Ly - gy + Dy - 1) // Dy
-    lgx = (Lx - gx + Dx - 1) // Dx
-    q0z = (t // (NTy * NTx)) * BZ
-    q0y = ((t // NTx) % NTy) * BY
-    q0x = (t % NTx) * BX
+    gz, gy, gx, lgz, lgy, lgx, q0z, q0y, q0x = _box_origin(pid, NTz, NTy, NTx, Lz, Ly, Lx, Dz, Dy, Dx, BZ, BY, BX)
     if (q0z >= lgz) | (q0y >= lgy) | (q0x >= lgx):
         return
 
@@ -367,21 +367,8 @@ def _dkdv_kernel(
     bh = tl.program_id(1)
     b = bh // HKV
     hk = bh % HKV
-    ntiles = NTz * NTy * NTx
-    g = pid // ntiles
-    t = pid % ntiles
-    gz = g // (Dy * Dx)
-    gy = (g // Dx) % Dy
-    gx = g % Dx
-    lgz = (Lz - gz + Dz - 1) // Dz
-    lgy = (Ly - gy + Dy - 1) // Dy
-    lgx = (Lx - gx + Dx - 1) // Dx
-    tz = t // (NTy * NTx)
-    ty = (t // NTx) % NTy
-    tx = t % NTx
-    k0z = tz * BZ
-    k0y = ty * BY
-    k0x = tx * BX
+    gz, gy, gx, lgz, lgy, lgx, k0z, k0y, k0x = _box_origin(pid, NTz, NTy, NTx, Lz, Ly, Lx, Dz, Dy, Dx, BZ, BY, BX)
+    tz, ty, tx = k0z // BZ, k0y // BY, k0x // BX  # the key box's index, for the R* tables
     if (k0z >= lgz) | (k0y >= lgy) | (k0x >= lgx):
         return
 
