@@ -324,19 +324,24 @@ _originals: dict = {}
 
 
 @contextlib.contextmanager
-def _patch_sdpa(handler):
-    import torch.nn.functional as F
-
-    if not _sdpa_handlers:
-        _originals["sdpa"] = F.scaled_dot_product_attention
-        F.scaled_dot_product_attention = _sdpa_wrapper
-    _sdpa_handlers.append(handler)
+def _patched(owner, attr: str, key: str, wrapper, handlers: list, handler):
+    """Replace ``owner.attr`` by ``wrapper`` while any handler is registered; nested captures share one patch."""
+    if not handlers:
+        _originals[key] = getattr(owner, attr)
+        setattr(owner, attr, wrapper)
+    handlers.append(handler)
     try:
         yield
     finally:
-        _sdpa_handlers.remove(handler)
-        if not _sdpa_handlers:
-            F.scaled_dot_product_attention = _originals.pop("sdpa")
+        handlers.remove(handler)
+        if not handlers:
+            setattr(owner, attr, _originals.pop(key))
+
+
+def _patch_sdpa(handler):
+    import torch.nn.functional as F
+
+    return _patched(F, "scaled_dot_product_attention", "sdpa", _sdpa_wrapper, _sdpa_handlers, handler)
 
 
 def _sdpa_wrapper(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -374,20 +379,10 @@ def sdpa_call(query, key, value, attn_mask, is_causal, scale, layer, name) -> At
     return AttentionCall(layer, name, query, k, v, scale, allowed, bias, bool(is_causal), q_pos, k_pos)
 
 
-@contextlib.contextmanager
 def _patch_glocal(handler):
     from .. import functional
 
-    if not _glocal_handlers:
-        _originals["choose"] = functional.choose_backend
-        functional.choose_backend = _choose_wrapper
-    _glocal_handlers.append(handler)
-    try:
-        yield
-    finally:
-        _glocal_handlers.remove(handler)
-        if not _glocal_handlers:
-            functional.choose_backend = _originals.pop("choose")
+    return _patched(functional, "choose_backend", "choose", _choose_wrapper, _glocal_handlers, handler)
 
 
 class _ObservedBackend:
