@@ -13,6 +13,8 @@ MODULES = [
     "glocal.global_attention",
     "glocal.nn.attention",
     "glocal.nn.global_modules",
+    "glocal.analysis",
+    "glocal.convert",
 ]
 
 
