@@ -11,9 +11,12 @@ uses both the output and the lse.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import random
+import sys
+import time
 
 import pytest
 import torch
@@ -246,3 +249,37 @@ def test_gpu_suite_random_problems_are_valid():
         p = gpu._random_problem(rng)
         make_neighborhood_spec(p["spatial"], p["kernel_size"], p["stride"], p["dilation"], p["is_causal"])
         assert p["hq"] % p["hkv"] == 0 and p["d_qk"] % 8 == 0
+
+
+def test_gpu_suite_keeps_a_stopped_childs_saved_result(tmp_path):
+    from glocal.bench import gpu
+
+    path = str(tmp_path / "r.json")
+    code = f"import json, sys; json.dump({{'glocal_ms': 1.5}}, open({path!r}, 'w')); sys.exit(3)"
+    result, error = gpu.run_isolated([sys.executable, "-c", code], 60, path)
+    assert result == {"glocal_ms": 1.5}
+    assert error == "stopped with exit code 3 (see its output above)"
+
+
+def test_gpu_suite_kills_a_child_past_its_budget(tmp_path):
+    from glocal.bench import gpu
+
+    path = str(tmp_path / "r.json")
+    start = time.time()
+    result, error = gpu.run_isolated([sys.executable, "-c", "import time; time.sleep(60)"], 0.5, path, grace_s=0.5)
+    assert result is None and error == "killed after 1 s"
+    assert time.time() - start < 30
+
+
+def test_gpu_suite_child_command_carries_the_options():
+    from glocal.bench import gpu
+
+    opt = gpu._options(argparse.Namespace(repeats=40, quick=False, checks=None, variants=True, json=True,
+                                          variant_keys="1", budget=90))
+    assert opt["checks"] == 60 and opt["json_stdout"] and opt["json"] is None
+    cmd = gpu._child_command(opt, "config:3", "/tmp/x.json")
+    parsed = argparse.ArgumentParser()
+    gpu.add_arguments(parsed)
+    child = parsed.parse_args(cmd[3:])
+    assert (child.child, child.json, child.repeats, child.checks, child.budget, child.variants,
+            child.variant_keys) == ("config:3", "/tmp/x.json", 40, 60, 90, True, "1")

@@ -40,8 +40,16 @@ CONFIGS = [
 
 # Tile variants timed with --variants (glocal only; same Flex baseline). Keys are ops.tiles() options.
 VARIANTS = {
-    "1": [dict(fwd_split_1d=True), dict(fwd_tma=True), dict(fwd_tma=True, fwd_ws=True), dict(fwd_k=(1, 1, 64)),
-          dict(fwd_q=(1, 1, 64), fwd_warps=4)],
+    # 1-D: the split loop (no per-tile branch, core loads without masks) and the TMA loads, each
+    # with deeper/shallower pipelines and 64-key tiles (Q 32 KB + 2 x 32 KB stages = 96 KB of shared
+    # memory: two programs per SM, whose softmax and matrix products can overlap).
+    "1": [dict(fwd_split_1d=True), dict(fwd_split_1d=True, fwd_k=(1, 1, 64), fwd_stages=2),
+          dict(fwd_split_1d=True, fwd_stages=4, fwd_k=(1, 1, 64)),
+          dict(fwd_tma=True), dict(fwd_tma=True, fwd_stages=2), dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=2),
+          dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=4), dict(fwd_tma=True, fwd_q=(1, 1, 64), fwd_warps=4),
+          dict(fwd_k=(1, 1, 64), fwd_stages=2),
+          # Last: warp specialisation is the one variant a run has not yet shown to finish.
+          dict(fwd_tma=True, fwd_ws=True)],
     "2": [dict(fwd_q=(1, 8, 16), fwd_k=(1, 4, 16), fwd_warps=8), dict(fwd_k=(1, 4, 16)),
           dict(fwd_k=(1, 8, 16))],
     "3": [dict(fwd_q=(2, 4, 8), fwd_k=(2, 4, 8), fwd_warps=4), dict(fwd_q=(2, 4, 8), fwd_k=(4, 4, 4), fwd_warps=4),
@@ -66,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which variant lists to time with --variants (1, 2, 3: forward by rank; bwd)")
     parser.add_argument("--head-dims", default=None, help="comma list of head dims for the random checks")
     parser.add_argument("--only", default=None, help="time only configs whose name contains this text")
+    parser.add_argument("--budget", type=int, default=150,
+                        help="seconds each config may take (the checks get twice that); past it the config's "
+                             "process prints its Python stack and is stopped, and the run goes on")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run everything in this process (no per-config time limit)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
 
 def _useful_pairs(spec) -> int:
@@ -178,10 +192,34 @@ def matmul_tflops(rep_ms: int) -> float:
     return 2 * n**3 / ms / 1e9
 
 
-def time_config(cfg: dict, rep_ms: int, variants=None) -> dict:
+def kernel_report() -> dict:
+    """Per kernel of the latest glocal launches: registers, spills, shared memory, and whether the
+    PTX holds Hopper's warpgroup matrix products (wgmma) and tensor-memory copies (TMA)."""
+    from ..backends.triton import ops
+
+    report = {}
+    for name, compiled in ops.last_compiled.items():
+        asm = getattr(compiled, "asm", None)
+        if asm is None:
+            continue
+        ptx = asm.get("ptx", "")
+        report[name] = dict(regs=getattr(compiled, "n_regs", None), spills=getattr(compiled, "n_spills", None),
+                            shared_kb=getattr(compiled.metadata, "shared", 0) // 1024,
+                            wgmma="wgmma" in ptx, tma="cp.async.bulk.tensor" in ptx)
+    return report
+
+
+def _report_line(report: dict) -> str:
+    return "; ".join(f"{name.strip('_')}: {r['regs']} regs, {r['spills']} spills, {r['shared_kb']} KB shared"
+                     f"{', wgmma' if r['wgmma'] else ''}{', TMA' if r['tma'] else ''}"
+                     for name, r in report.items())
+
+
+def time_config(cfg: dict, rep_ms: int, variants=None, save=None) -> dict:
     """One table row: glocal (triton), compiled Flex and dense SDPA on the same random bf16 inputs.
 
     ``variants``: None, or a set of VARIANTS keys ("1", "2", "3", "bwd") whose tile options are also timed.
+    ``save``: called with the row whenever it gains a figure, so a run stopped later keeps them.
     """
     import torch.nn.functional as F
 
@@ -238,7 +276,10 @@ def time_config(cfg: dict, rep_ms: int, variants=None) -> dict:
     agree = _rel(go.reshape(1, n, heads, dim).transpose(1, 2), fo)
 
     row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=agree)
+    ops.last_compiled.clear()
     row["glocal_ms"] = _bench(glocal_fn, rep_ms)
+    row["kernels"] = kernel_report()
+    print(f"  kernels: {_report_line(row['kernels'])}", flush=True)
     row["flex_ms"] = _bench(flex_run, rep_ms)
     row["sdpa_ms"] = _bench(sdpa_fn, rep_ms)
     flops = 4.0 * _useful_pairs(spec) * dim * heads * (3.5 if back else 1.0)
@@ -248,16 +289,25 @@ def time_config(cfg: dict, rep_ms: int, variants=None) -> dict:
     row["vs_flex"] = row["flex_ms"] / row["glocal_ms"]
     row["vs_sdpa"] = row["sdpa_ms"] / row["glocal_ms"]
     key = "bwd" if back else str(spec.ndim)
+    if save:
+        save(row)
     if variants and key in variants:
         row["variants"] = []
         for opts in VARIANTS[key]:
+            print(f"    variant {opts}: ...", flush=True)
             try:
+                ops.last_compiled.clear()
                 with ops.tiles(**opts):
                     ms = _bench(glocal_fn, rep_ms)
-                row["variants"].append(dict(options=str(opts), ms=ms, vs_flex=row["flex_ms"] / ms))
-                print(f"    variant {opts}: {ms:.3f} ms ({row['flex_ms'] / ms:.2f}x Flex)", flush=True)
+                report = kernel_report()
+                row["variants"].append(dict(options=str(opts), ms=ms, vs_flex=row["flex_ms"] / ms, kernels=report))
+                print(f"    variant {opts}: {ms:.3f} ms ({row['flex_ms'] / ms:.2f}x Flex); {_report_line(report)}",
+                      flush=True)
             except Exception as err:  # a variant that does not compile is reported, not fatal
+                row["variants"].append(dict(options=str(opts), error=f"{type(err).__name__}: {str(err)[:200]}"))
                 print(f"    variant {opts}: failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+            if save:
+                save(row)
     return row
 
 
@@ -278,10 +328,119 @@ def print_table(rows: list, card: str, mm_tflops: float | None) -> None:
         print(f"{r['name']:32s} {r['glocal_ms']:9.3f} {r['flex_ms']:8.3f} {r['sdpa_ms']:8.3f} "
               f"{r['vs_flex']:7.2f}x {r['target']:4.1f}{met:>4s} {r['vs_sdpa']:7.2f}x {r['glocal_tflops']:11.0f} "
               f"{r['flex_tflops']:9.0f} {floor:5.3f}ms")
+    for r in rows:
+        timed = [v for v in r.get("variants", []) if "ms" in v]
+        if timed:
+            best = min(timed, key=lambda v: v["ms"])
+            print(f"fastest variant of {r['name']}: {best['options']} {best['ms']:.3f} ms "
+                  f"({best['vs_flex']:.2f}x Flex; default {r['glocal_ms']:.3f} ms)")
+
+
+def _options(args) -> dict:
+    """The run's options from an argparse namespace (``glocal bench``'s lacks some: defaults)."""
+    quick = bool(getattr(args, "quick", False))
+    # do_bench's time budget per figure in ms; callers passing a small repeat count still get >= 25 ms.
+    rep_ms = max(int(getattr(args, "repeats", 100) or 100), 25)
+    checks = getattr(args, "checks", None)
+    path = getattr(args, "json", None)
+    return dict(
+        quick=quick, rep_ms=min(rep_ms, 30) if quick else rep_ms,
+        checks=checks if checks is not None else (20 if quick else 60),
+        variants=bool(getattr(args, "variants", False)),
+        variant_keys=str(getattr(args, "variant_keys", "1,2,3,bwd")),
+        head_dims=getattr(args, "head_dims", None), only=getattr(args, "only", None),
+        budget=int(getattr(args, "budget", 150) or 150), in_process=bool(getattr(args, "in_process", False)),
+        # a boolean --json flag (glocal bench's) means JSON on stdout at the end
+        json_stdout=path is True, json=path if isinstance(path, str) and path else None,
+    )
+
+
+def _child_command(opt: dict, task: str, result_path: str) -> list:
+    """The command that runs one task ("check" or "config:<index>") of this suite in its own process."""
+    cmd = [sys.executable, "-m", "glocal.bench.gpu", "--child", task, "--json", result_path,
+           "--repeats", str(opt["rep_ms"]), "--checks", str(opt["checks"]), "--budget", str(opt["budget"]),
+           "--variant-keys", opt["variant_keys"]]
+    if opt["variants"]:
+        cmd.append("--variants")
+    if opt["head_dims"]:
+        cmd += ["--head-dims", opt["head_dims"]]
+    return cmd
+
+
+def run_isolated(cmd: list, budget_s: float, result_path: str, grace_s: float = 30) -> tuple:
+    """Run ``cmd`` (a child of this suite) with a time limit; returns ``(result dict or None, error or None)``.
+
+    The child arms ``faulthandler`` to print its Python stack and exit at ``budget_s``; this process
+    kills it ``grace_s`` later if it is still there (a stalled GPU launch may not return to Python). A result
+    the child saved before stopping is kept.
+    """
+    import subprocess
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    error = None
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=budget_s + grace_s)
+        if proc.returncode != 0:
+            error = f"stopped with exit code {proc.returncode} (see its output above)"
+    except subprocess.TimeoutExpired:
+        error = f"killed after {budget_s + grace_s:.0f} s"
+    result = None
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            result = json.load(f)
+    return result, error
+
+
+def _child(opt: dict, task: str) -> int:
+    """One task in this process, under a time limit that prints the Python stack when it is reached."""
+    import faulthandler
+
+    budget = opt["budget"] * (2 if task == "check" else 1)
+    faulthandler.dump_traceback_later(budget, exit=True)
+    path = opt["json"]
+
+    def save(result):
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+
+    if task == "check":
+        result = dict(matmul_tflops=matmul_tflops(opt["rep_ms"]))
+        save(result)
+        if opt["checks"] > 0:
+            result["check"] = check(opt["checks"])
+            save(result)
+        return 0
+    cfg = CONFIGS[int(task.split(":")[1])]
+    keys = set(opt["variant_keys"].split(",")) if opt["variants"] else None
+    time_config(cfg, opt["rep_ms"], keys, save=save)
+    return 0
+
+
+def _run_task(opt: dict, task: str, budget_s: float) -> tuple:
+    """A task's result in a child process (or in this one with --in-process): ``(result, error)``."""
+    import tempfile
+
+    if opt["in_process"]:
+        if task == "check":
+            return dict(matmul_tflops=matmul_tflops(opt["rep_ms"]),
+                        check=check(opt["checks"]) if opt["checks"] > 0 else None), None
+        cfg = CONFIGS[int(task.split(":")[1])]
+        keys = set(opt["variant_keys"].split(",")) if opt["variants"] else None
+        try:
+            return time_config(cfg, opt["rep_ms"], keys), None
+        except Exception as err:  # one broken config must not lose the others' numbers
+            return None, f"{type(err).__name__}: {str(err)[:300]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        return run_isolated(_child_command(opt, task, path), budget_s, path)
 
 
 def main(args) -> int:
-    """Run the suite; ``args`` needs ``repeats``, ``quick``, ``json`` (others optional). Returns an exit code."""
+    """Run the suite; ``args`` needs ``repeats``, ``quick``, ``json`` (others optional). Returns an exit code.
+
+    The checks and each config run in a process of their own with a time limit (``--budget``), so a
+    stalled compile or launch costs that config only and leaves its Python stack in the output.
+    """
     if not torch.cuda.is_available():
         print("the GPU suite needs a CUDA device; none is visible", file=sys.stderr)
         return 2
@@ -290,56 +449,57 @@ def main(args) -> int:
     if not triton_backend._triton_installed():
         print("triton is not installed: pip install glocal[triton]", file=sys.stderr)
         return 2
-    quick = bool(getattr(args, "quick", False))
-    # do_bench's time budget per figure in ms; callers passing a small repeat count still get >= 25 ms.
-    rep_ms = max(int(getattr(args, "repeats", 100) or 100), 25)
-    if quick:
-        rep_ms = min(rep_ms, 30)
-    n_checks = getattr(args, "checks", None)
-    if n_checks is None:
-        n_checks = 20 if quick else 60
+    opt = _options(args)
     global HEAD_DIMS
-    if getattr(args, "head_dims", None):
-        HEAD_DIMS = tuple(int(x) for x in args.head_dims.split(","))
+    if opt["head_dims"]:
+        HEAD_DIMS = tuple(int(x) for x in opt["head_dims"].split(","))
+    if getattr(args, "child", None):
+        return _child(opt, args.child)
     card = torch.cuda.get_device_name()
     print(f"device: {card}, torch {torch.__version__}", flush=True)
     result = dict(card=card, torch=torch.__version__)
-    if n_checks > 0:
-        result["check"] = check(n_checks)
-    result["matmul_tflops"] = matmul_tflops(rep_ms)
-    rows = []
-    only = getattr(args, "only", None)
-    path = getattr(args, "json", None)
-    to_stdout = path is True  # a boolean --json flag: JSON on stdout at the end
-    path = path if isinstance(path, str) and path else None
-    for cfg in CONFIGS:
-        if only and only not in cfg["name"]:
-            continue
-        print(f"timing {cfg['name']} ...", flush=True)
-        try:
-            keys = set(str(getattr(args, "variant_keys", "1,2,3,bwd")).split(","))
-            row = time_config(cfg, rep_ms, keys if getattr(args, "variants", False) else None)
-            print(f"  glocal {row['glocal_ms']:.3f} ms, flex {row['flex_ms']:.3f} ms, sdpa {row['sdpa_ms']:.3f} ms, "
-                  f"{row['vs_flex']:.2f}x flex; glocal vs flex rel. diff {row['agree_vs_flex']:.1e}", flush=True)
-        except Exception as err:  # one broken config must not lose the others' numbers
-            row = dict(name=cfg["name"], error=f"{type(err).__name__}: {str(err)[:300]}")
-            print(f"  error: {row['error']}", flush=True)
-        rows.append(row)
-        result["rows"] = rows
-        if path:  # after every row, so a run cut short keeps what it measured
+    path = opt["json"]
+
+    def save():  # after every task, so a run cut short keeps what it measured
+        if path:
             with open(path, "w") as f:
                 json.dump(result, f, indent=1, default=str)
-    result["rows"] = rows
+
+    checked, error = _run_task(opt, "check", 2 * opt["budget"])
+    checked = checked or {}
+    result["matmul_tflops"] = checked.get("matmul_tflops")
+    if checked.get("check"):
+        result["check"] = checked["check"]
+    elif opt["checks"] > 0:
+        result["check"] = dict(problems=opt["checks"], worst_fwd=float("nan"), worst_bwd=float("nan"),
+                               failures=[f"the checks did not finish: {error}"])
+    save()
+    rows = result["rows"] = []
+    for index, cfg in enumerate(CONFIGS):
+        if opt["only"] and opt["only"] not in cfg["name"]:
+            continue
+        print(f"timing {cfg['name']} ...", flush=True)
+        row, error = _run_task(opt, f"config:{index}", opt["budget"])
+        if row is None or "sdpa_ms" not in row:
+            row = dict(row or {}, name=cfg["name"], error=error or "no result")
+        elif error:
+            row["stopped"] = error  # its main figures are in; some variants may be missing
+        if "error" in row:
+            print(f"  error: {row['error']}", flush=True)
+        else:
+            print(f"  glocal {row['glocal_ms']:.3f} ms, flex {row['flex_ms']:.3f} ms, sdpa {row['sdpa_ms']:.3f} ms, "
+                  f"{row['vs_flex']:.2f}x flex; glocal vs flex rel. diff {row['agree_vs_flex']:.1e}", flush=True)
+        rows.append(row)
+        save()
     print_table(rows, card, result["matmul_tflops"])
     if "check" in result:
         c = result["check"]
         print(f"checks: {c['problems']} random problems vs the float32 reference, worst relative error "
               f"forward {c['worst_fwd']:.2e}, backward {c['worst_bwd']:.2e}, {len(c['failures'])} over tolerance")
     if path:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+        save()
         print(f"wrote {path}")
-    if to_stdout:
+    if opt["json_stdout"]:
         print(json.dumps(result, default=str))
     bad = result.get("check", {}).get("failures")
     return 1 if bad or any("error" in r for r in rows) else 0

@@ -226,6 +226,11 @@ def forward(spec, q, k, v, scale: float):
     return out, lse
 
 
+# The compiled kernel of the latest launch, per kernel name: the GPU benchmark reads its
+# registers, spills, shared memory and instructions from here (None under the interpreter).
+last_compiled: dict = {}
+
+
 def _launch(kernel, grid, num_warps: int, num_stages: int, *args):
     """Launch ``kernel``; if its pipeline does not fit the GPU's shared memory (smaller than an
     H100's, the card the stage counts were chosen on), retry with fewer stages."""
@@ -233,7 +238,9 @@ def _launch(kernel, grid, num_warps: int, num_stages: int, *args):
 
     while True:
         try:
-            return kernel[grid](*args, num_warps=num_warps, num_stages=num_stages)
+            compiled = kernel[grid](*args, num_warps=num_warps, num_stages=num_stages)
+            last_compiled[kernel.__name__] = compiled
+            return compiled
         except OutOfResources:
             if num_stages <= 1:
                 raise
