@@ -79,6 +79,23 @@ def test_local_attention_matches_brute_force(rule, causal, gen):
     assert torch.allclose(out.double() * valid[:, None, :, None], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("rule,causal", CASES)
+def test_converted_probs_times_values_is_the_converted_head(rule, causal, gen):
+    from glocal.analysis.metrics import positions_1d
+    from glocal.convert import converted_probs
+
+    q, k, v = (torch.randn(3, 2, 19, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    valid = torch.ones(3, 19, dtype=torch.bool)
+    valid[1, 12:] = False
+    valid[2, :5] = False
+    pos = positions_1d(valid)
+    p = converted_probs(q, k, pos, pos, rule, 0.3, causal)
+    rows = valid[:, None, :, None]
+    assert torch.allclose((p @ v) * rows, _brute(q, k, v, rule, 0.3, causal, valid), atol=1e-9)
+    assert torch.allclose(p.sum(-1)[rows[..., 0].expand(3, 2, 19)], torch.ones(()).double())
+    assert (p * ~valid[:, None, None, :]).abs().max() == 0  # no probability on padding
+
+
 def test_local_attention_gradients_flow(gen):
     q, k, v = (torch.randn(1, 2, 12, 4, generator=gen, requires_grad=True) for _ in range(3))
     local_attention(q, k, v, Hybrid(3, (0, -1), 4), 0.5).sum().backward()
@@ -167,6 +184,51 @@ def test_capture_minilm_matches_manual(minilm):
     assert len(rec.maps) == 6 and rec.names[0] == "encoder.layer.0.attention.self"
     with torch.no_grad():
         assert torch.equal(out, model(**inputs).last_hidden_state)
+
+
+def test_capture_of_a_converted_minilm_records_the_converted_heads(minilm):
+    from glocal.analysis import capture
+
+    tok, model, inputs = minilm
+    attn = model.encoder.layer[1].attention.self
+    seen = {}
+    hook = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=args[0] if args else
+                                      kwargs["hidden_states"]), with_kwargs=True)
+    local, hybrid = Local(5, (0, -1)), Hybrid(3, (0,), 4)
+    try:
+        convert(model, {(1, 3): local, (1, 7): hybrid})
+        with capture(model) as rec, torch.no_grad():
+            model(**inputs)
+    finally:
+        convert.restore(model)
+        hook.remove()
+    x = seen["x"]
+    b, t, _ = x.shape
+    split = lambda y: y.view(b, t, 12, 32).transpose(1, 2).double()  # noqa: E731
+    q, k, v = split(attn.query(x)), split(attn.key(x)), split(attn.value(x))
+    valid = inputs["attention_mask"].bool()
+    probs = rec.maps[1][0].double()  # [B, 12, T, T]
+    rows = valid[:, None, :, None]
+    assert len(rec.maps) == 6
+    for head, rule in ((3, local), (7, hybrid)):
+        want = _brute(q[:, head:head + 1], k[:, head:head + 1], v[:, head:head + 1], rule, 32 ** -0.5, False, valid)
+        assert torch.allclose((probs[:, head:head + 1] @ v[:, head:head + 1]) * rows, want * rows, atol=1e-5)
+    full = torch.softmax((q[:, 0] @ k[:, 0].transpose(-1, -2) / math.sqrt(32)).masked_fill(
+        ~valid[:, None, :], -float("inf")), -1)
+    assert torch.allclose(probs[:, 0], full, atol=1e-5)
+
+
+def test_steering_a_converted_layer_is_refused(minilm):
+    from glocal.analysis import ScoreMod, steer
+
+    tok, model, inputs = minilm
+    convert(model, {(1, 3): Local(5)})
+    try:
+        with steer(model, ScoreMod(lambda s, call: s, heads=[(1, 0)])), torch.no_grad():
+            with pytest.raises(ValueError, match=r"layer 1 has converted heads \[3\] and a steering handler"):
+                model(**inputs)
+    finally:
+        convert.restore(model)
 
 
 # --- tiny decoder with GQA (random weights) -------------------------------------------------------
@@ -412,6 +474,32 @@ def test_capture_vit_uses_the_patch_grid(gen):
     dist = torch.cdist(coords, coords)  # patch-to-patch grid distance; prefix tokens add nothing
     want = (probs[:, 2:, 2:].double() * dist).sum(-1).mean(-1)
     assert torch.allclose(report.layers[0]["mean_distance"], want, atol=1e-6)
+
+
+def test_capture_of_a_converted_vit_records_one_call_per_layer(gen):
+    from glocal.analysis import capture
+    from glocal.masks import dense_mask
+    from glocal.spec import make_neighborhood_spec
+
+    torch.manual_seed(0)
+    vit = TinyViT()
+    pixels = torch.randn(1, 30, 3, generator=gen)
+    convert(vit, {(0, 1): Local(3)})
+    try:
+        with capture(vit) as rec, torch.no_grad():
+            vit(pixels)
+            x = torch.cat([vit.prefix, vit.patch_embed(pixels)], 1)
+    finally:
+        convert.restore(vit)
+    assert len(rec.maps) == 2 and len(rec.maps[0]) == 1
+    attn = vit.blocks[0].attn
+    q, k, _ = attn.qkv(x).reshape(1, 32, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    scores = q @ k.transpose(-1, -2) * attn.scale
+    allowed = torch.ones(32, 32, dtype=torch.bool)
+    allowed[2:, 2:] = dense_mask(make_neighborhood_spec((5, 6), 3))
+    assert torch.allclose(rec.maps[0][0][0, 0], torch.softmax(scores[0, 0], -1), atol=1e-5)
+    assert torch.allclose(rec.maps[0][0][0, 1], torch.softmax(scores[0, 1].masked_fill(~allowed, -float("inf")), -1),
+                          atol=1e-5)
 
 
 def test_steering_a_transformers_model(minilm):

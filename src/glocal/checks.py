@@ -579,6 +579,16 @@ def plan_targets(plan: dict, layers: int, heads_per_layer: list[int]) -> None:
             )
 
 
+def steering_converted_layer(steered: bool, layer: int, heads: list) -> None:
+    """A steering handler and a conversion must not meet in one layer: conversion would drop the steering."""
+    if steered:
+        raise ValueError(
+            f"layer {layer} has converted heads {heads} and a steering handler: the conversion replaces the "
+            f"attention that steering rewrites, so the steering would be silently lost. Steer the model before "
+            f"converting it, or call glocal.convert.restore(model) first."
+        )
+
+
 def steering_factor(name: str, value, low: float = 0.0, high: float | None = None) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
     ok = ok and (high is None or value <= high)

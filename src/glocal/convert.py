@@ -183,6 +183,62 @@ def local_mask(q_pos, k_pos, rule, causal: bool) -> torch.Tensor:
     return allowed & (k_pos.rank >= 0)[:, None, :]
 
 
+def converted_probs(q, k, q_pos, k_pos, rule, scale: float, causal: bool) -> torch.Tensor:
+    """The attention probabilities a Local/Hybrid head runs, as a map over the call's keys.
+
+    Shapes:
+        q: [B, H, T_q, D]   k: [B, H, T_k, D]   q_pos, k_pos: :class:`metrics.Positions`   →   [B, H, T_q, T_k]
+
+    Local: softmax over the window and sinks (:func:`local_mask`). Hybrid: the window, the sinks and the
+    pooled blocks share one softmax; a block's probability is spread evenly over its tokens, so that
+    ``probs @ v`` is the head's output (a block's value is its tokens' mean). Rows of padded queries are
+    those of the mask (sinks only, or all zero).
+
+    Example:
+        >>> import torch
+        >>> from glocal.analysis.metrics import positions_1d
+        >>> from glocal.convert import Hybrid, converted_probs, local_attention
+        >>> q, k, v = torch.randn(3, 1, 2, 20, 8).unbind(0)
+        >>> pos = positions_1d(torch.ones(1, 20, dtype=torch.bool))
+        >>> p = converted_probs(q, k, pos, pos, Hybrid(5, (0,), 4), 0.3, False)
+        >>> torch.allclose(p @ v, local_attention(q, k, v, Hybrid(5, (0,), 4), 0.3), atol=1e-5)
+        True
+    """
+    from .backends.reference import softmax_with_lse
+
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k = q.to(compute), k.to(compute)
+    tk = k.shape[2]
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    s = s.masked_fill(~local_mask(q_pos, k_pos, rule, causal)[:, None], -float("inf"))
+    if not isinstance(rule, Hybrid):
+        return softmax_with_lse(s)[0]
+    # Blocks of `global_branch` real tokens (by rank), as in the conversion's pooled branch.
+    g = rule.global_branch
+    valid = k_pos.rank >= 0
+    block = torch.where(valid, k_pos.rank // g, torch.zeros_like(k_pos.rank))  # [B, T_k]
+    n_blocks = max(1, math.ceil(int(k_pos.length.max()) / g))
+    counts = torch.zeros(k.shape[0], n_blocks, dtype=compute, device=k.device)
+    counts.scatter_add_(1, block, valid.to(compute))
+    index = block[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+    k_sum = torch.zeros(*k.shape[:2], n_blocks, k.shape[3], dtype=compute, device=k.device)
+    k_sum.scatter_add_(2, index, k * valid[:, None, :, None])
+    k_pool = k_sum / counts.clamp_min(1)[:, None, :, None]
+    first = torch.arange(n_blocks, device=k.device, dtype=torch.float64) * g
+    centre = (first + (counts.double() - 1) / 2).round()
+    centre = torch.where(counts > 0, centre, torch.full_like(centre, float("nan")))
+    blocks_ok = ~metrics.in_window(q_pos.coord, centre[..., None], k_pos.extent, rule.window, causal)
+    blocks_ok &= (counts > 0)[:, None, :] & (q_pos.rank >= 0)[:, :, None]
+    if causal:
+        blocks_ok &= (first + counts.double() - 1)[:, None, :] <= q_pos.rank[:, :, None]
+    sp = torch.einsum("bhqd,bhnd->bhqn", q, k_pool) * scale + torch.log(counts.clamp_min(1))[:, None, None, :]
+    sp = sp.masked_fill(~blocks_ok[:, None], -float("inf"))
+    p = softmax_with_lse(torch.cat([s, sp], -1))[0]
+    p_keys, p_blocks = p[..., :tk], p[..., tk:] / counts.clamp_min(1)[:, None, None, :]
+    spread = p_blocks.gather(-1, block[:, None, None, :].expand(*p_keys.shape))
+    return p_keys + spread * valid[:, None, None, :]
+
+
 # ---------------------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,10 @@ class AttentionCall:
 
     q: [B, H, T_q, D]; k: [B, H, T_k, D]; v: [B, H, T_k, D_v] (kv heads already repeated for GQA);
     allowed: bool broadcastable to [B, H, T_q, T_k] or None; bias: additive float, same, or None;
-    causal: apply a bottom-right aligned causal mask; q_pos/k_pos: :class:`metrics.Positions`.
+    causal: apply a bottom-right aligned causal mask; q_pos/k_pos: :class:`metrics.Positions`;
+    replaced: heads whose attention the model replaces (a converted model, :mod:`glocal.convert`), as
+    ``(heads, fn)`` pairs with ``fn(start, stop)`` giving those heads' probabilities
+    [B, len(heads), stop-start, T_k], so that recordings see the attention the model runs.
     """
 
     layer: int
@@ -64,6 +67,7 @@ class AttentionCall:
     causal: bool
     q_pos: metrics.Positions
     k_pos: metrics.Positions
+    replaced: list | None = None
 
     def scores(self, start: int, stop: int) -> torch.Tensor:
         """Masked scores of queries ``start:stop``: [B, H, stop-start, T_k] float32 (float64 for float64)."""
@@ -83,7 +87,10 @@ class AttentionCall:
         from ..backends.reference import softmax_with_lse
 
         stop = self.q.shape[2] if stop is None else stop
-        return softmax_with_lse(self.scores(start, stop))[0]
+        p = softmax_with_lse(self.scores(start, stop))[0]
+        for heads, fn in self.replaced or ():
+            p[:, heads] = fn(start, stop).to(p.dtype)
+        return p
 
     @staticmethod
     def _rows(mask, start, stop):

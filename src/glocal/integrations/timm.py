@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import torch
@@ -78,8 +79,6 @@ def restore(model) -> None:
 
 def _forward(self, x, attn_mask=None, is_causal=False):
     """timm Attention.forward with some heads converted (same output layout and projections)."""
-    from .. import functional
-
     batch, tokens, _ = x.shape
     grid, prefix = self._glocal_layout
     if tokens != prefix + grid[0] * grid[1] or attn_mask is not None or is_causal:
@@ -93,11 +92,59 @@ def _forward(self, x, attn_mask=None, is_causal=False):
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = self.q_norm(q), self.k_norm(k)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-    out = out.clone()
     groups: dict = {}
     for head, rule in self._glocal_plan.items():
         groups.setdefault(rule.window, []).append(head)
+    with _recorded(q, k, v, self.scale, grid, prefix, groups):
+        out = _converted(self, q, k, v, grid, prefix, groups)
+    x = out.transpose(1, 2).reshape(batch, tokens, -1)
+    x = self.norm(x)
+    if gate is not None:
+        x = x * gate
+    x = self.proj(x)
+    return self.proj_drop(x)
+
+
+def _allowed(grid, prefix: int, window: int, device) -> torch.Tensor:
+    """[N, N] bool: the keys a converted head lets each token see (prefix rows keep full attention)."""
+    from ..masks import dense_mask
+    from ..spec import make_neighborhood_spec
+
+    n = prefix + grid[0] * grid[1]
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+    kernel = (min(window, grid[0]), min(window, grid[1]))
+    allowed[prefix:, prefix:] = dense_mask(make_neighborhood_spec(tuple(grid), kernel)).to(device)
+    return allowed
+
+
+def _recorded(q, k, v, scale, grid, prefix: int, groups: dict):
+    """Inside a capture: hand the layer to the recorders as one call whose converted heads carry their
+    neighborhood probabilities, and keep the SDPA and glocal calls that compute it out of the recording."""
+    from ..analysis.capture import _busy, _sdpa_handlers, busy, dispatch, sdpa_call
+    from ..backends.reference import softmax_with_lse
+    from ..checks import steering_converted_layer
+
+    if not _sdpa_handlers or busy():
+        return contextlib.nullcontext()
+    call = sdpa_call(q, k, v, None, False, scale, layer=-1, name="")
+
+    def probs_of(hs, allowed):
+        return lambda start, stop: softmax_with_lse(
+            call.scores(start, stop)[:, hs].masked_fill(~allowed[start:stop], -float("inf")))[0]
+
+    call.replaced = [(hs, probs_of(hs, _allowed(grid, prefix, window, q.device))) for window, hs in groups.items()]
+    steering_converted_layer(dispatch(_sdpa_handlers, call) is not None, call.layer,
+                             sorted(h for hs in groups.values() for h in hs))
+    return _busy()
+
+
+def _converted(self, q, k, v, grid, prefix: int, groups: dict) -> torch.Tensor:
+    """All heads' outputs [B, H, N, D]: SDPA, then the converted heads' neighborhood attention over them."""
+    from .. import functional
+
+    batch = q.shape[0]
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+    out = out.clone()
     for window, hs in groups.items():
         # Patch queries: neighborhood attention on the grid, prefix tokens as extra keys/values.
         to_grid = lambda t: t[:, hs, prefix:].transpose(1, 2).reshape(batch, grid[0], grid[1], len(hs), -1)  # noqa: E731
@@ -107,9 +154,4 @@ def _forward(self, x, attn_mask=None, is_causal=False):
         o = functional.na2d(to_grid(q), to_grid(k), to_grid(v), kernel_size=kernel, scale=self.scale,
                             additional_keys=extra_k, additional_values=extra_v)
         out[:, hs, prefix:] = o.reshape(batch, grid[0] * grid[1], len(hs), -1).transpose(1, 2).to(out.dtype)
-    x = out.transpose(1, 2).reshape(batch, tokens, -1)
-    x = self.norm(x)
-    if gate is not None:
-        x = x * gate
-    x = self.proj(x)
-    return self.proj_drop(x)
+    return out

@@ -177,15 +177,39 @@ def _glocal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
             f"attn_implementation={state.original!r}. Load the model with attn_implementation='sdpa' or 'eager'."
         )
     call = sdpa_call(query, key, value, mask, causal_flag, scale, layer, module._glocal_name)
+    if rules:
+        call.replaced = _replaced_heads(call, rules, module_causal)
     out = dispatch(state.handlers, call) if state.handlers else None
     if rules:
         from ..analysis.capture import _busy
+        from ..checks import steering_converted_layer
 
+        steering_converted_layer(out is not None, layer, sorted(rules))
         with _busy():
             out = _converted(call, rules, module_causal)
     if out is None:
         return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     return out.to(query.dtype), None
+
+
+def _rule_groups(rules: dict) -> dict:
+    """{rule: [heads]} of a layer's plan."""
+    groups: dict = {}
+    for h, rule in rules.items():
+        groups.setdefault(rule, []).append(h)
+    return groups
+
+
+def _replaced_heads(call, rules: dict, causal: bool) -> list:
+    """The converted heads' probabilities for recordings (``AttentionCall.replaced``)."""
+    from ..convert import converted_probs
+
+    def probs_of(heads, rule):
+        return lambda start, stop: converted_probs(call.q[:, heads, start:stop], call.k[:, heads],
+                                                   call.q_pos.rows(start, stop), call.k_pos, rule, call.scale,
+                                                   causal)
+
+    return [(hs, probs_of(hs, rule)) for rule, hs in _rule_groups(rules).items()]
 
 
 def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
@@ -199,10 +223,7 @@ def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
     if full:
         out[:, :, full] = _full(call, full).transpose(1, 2)
     valid = call.k_pos.rank >= 0
-    groups: dict = {}
-    for h, rule in rules.items():
-        groups.setdefault(rule, []).append(h)
-    for rule, hs in groups.items():
+    for rule, hs in _rule_groups(rules).items():
         if tq == k.shape[2]:
             o = local_attention(q[:, hs], k[:, hs], v[:, hs], rule, call.scale, causal, valid)
         else:
