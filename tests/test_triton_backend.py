@@ -12,6 +12,7 @@ uses both the output and the lse.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import os
 import random
@@ -283,3 +284,51 @@ def test_gpu_suite_child_command_carries_the_options():
     child = parsed.parse_args(cmd[3:])
     assert (child.child, child.json, child.repeats, child.checks, child.budget, child.variants,
             child.variant_keys) == ("config:3", "/tmp/x.json", 40, 60, 90, True, "1")
+
+
+def _fake_suite(monkeypatch):
+    """The GPU suite with its device work replaced: checks, matmul rate and config timings are canned."""
+    from glocal.bench import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake card")
+    monkeypatch.setattr(gpu, "matmul_tflops", lambda rep_ms: 700.0)
+    monkeypatch.setattr(gpu, "check", lambda n: dict(problems=n, worst_fwd=1e-3, worst_bwd=2e-3, failures=[]))
+
+    def fake_time(cfg, rep_ms, variants=None, save=None):
+        if "3-D" in cfg["name"]:
+            raise RuntimeError("no kernel for you")
+        row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=1e-3, glocal_ms=1.0, flex_ms=2.0,
+                   sdpa_ms=4.0, useful_gflop=70.0, glocal_tflops=70.0, flex_tflops=35.0, vs_flex=2.0, vs_sdpa=4.0,
+                   variants=[dict(options="{'fwd_tma': True}", ms=0.5, vs_flex=4.0)] if variants else [])
+        if save:
+            save(row)
+        return row
+
+    monkeypatch.setattr(gpu, "time_config", fake_time)
+    return gpu
+
+
+def test_gpu_suite_main_reports_rows_errors_and_variants(monkeypatch, tmp_path, capsys):
+    gpu = _fake_suite(monkeypatch)
+    path = str(tmp_path / "gpu.json")
+    args = argparse.Namespace(repeats=30, quick=False, json=path, checks=50, variants=True, in_process=True)
+    assert gpu.main(args) == 1  # the 3-D config failed
+    out = capsys.readouterr().out
+    assert "fastest variant of 2-D 128x128 K=13 fwd: {'fwd_tma': True} 0.500 ms (4.00x Flex" in out
+    assert "error: RuntimeError: no kernel for you" in out and "worst relative error forward 1.00e-03" in out
+    saved = json.load(open(path))
+    assert saved["card"] == "fake card" and saved["matmul_tflops"] == 700.0 and len(saved["rows"]) == 5
+
+
+def test_gpu_suite_child_saves_its_result(monkeypatch, tmp_path):
+    gpu = _fake_suite(monkeypatch)
+    import faulthandler
+
+    monkeypatch.setattr(faulthandler, "dump_traceback_later", lambda *a, **k: None)
+    path = str(tmp_path / "c.json")
+    opt = gpu._options(argparse.Namespace(repeats=30, quick=False, json=path, checks=5, variants=False))
+    assert gpu._child(opt, "check") == 0
+    assert json.load(open(path))["check"]["problems"] == 5
+    assert gpu._child(opt, "config:0") == 0
+    assert json.load(open(path))["vs_flex"] == 2.0
