@@ -118,6 +118,19 @@ def test_opt_in_1d_forward_paths(interpret, path, causal):
     _compare(interpret, spec, batch=2, hq=2, hkv=1, extra=2, tiles={**SMALL_1D, **path})
 
 
+@pytest.mark.parametrize("spec_args,path", [
+    (((64,), 33, 1, 1, False), dict(SMALL_1D, fwd_split_1d=True)),
+    (((64,), 33, 1, 1, True), dict(SMALL_1D, fwd_tma=True)),
+    (((10, 12), (5, 3), (1, 2), (2, 1), (False, True)), None),
+])
+def test_forward_with_fp16_exponentials(interpret, spec_args, path):
+    # fwd_exp16 (off by default): the softmax's exponentials rounded through fp16 stay within the
+    # tolerance of 16-bit inputs; the interpreter runs the same roundings in fp32 (no inline PTX).
+    spec = make_neighborhood_spec(*spec_args)
+    tiles = dict(path or SMALL[2], fwd_exp16=True)
+    _compare(interpret, spec, batch=2, hq=2, hkv=1, extra=2, dtype=torch.float16, tiles=tiles)
+
+
 def test_float16(interpret):
     spec = make_neighborhood_spec((10, 12), (5, 3), (1, 2), (2, 1), (False, False))
     _compare(interpret, spec, dtype=torch.float16, hq=1, hkv=1, extra=2)
@@ -205,6 +218,15 @@ def test_refuses_when_triton_missing(monkeypatch):
     monkeypatch.setattr(backend, "_triton_installed", lambda: False)
     reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16)))
     assert reasons == ["triton is not installed: pip install glocal[triton]"]
+
+
+def test_refuses_bfloat16_in_the_interpreter(monkeypatch):
+    from glocal.backends import triton as backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16).bfloat16()))
+    assert reasons == ["Triton's interpreter (TRITON_INTERPRET=1) computes bfloat16 matrix products wrongly; "
+                       "run bfloat16 on a GPU, or pass float16 or float32 tensors to the interpreter"]
 
 
 def test_refuses_float64(monkeypatch):
@@ -300,7 +322,7 @@ def _fake_suite(monkeypatch):
             raise RuntimeError("no kernel for you")
         row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=1e-3, glocal_ms=1.0, flex_ms=2.0,
                    sdpa_ms=4.0, useful_gflop=70.0, glocal_tflops=70.0, flex_tflops=35.0, vs_flex=2.0, vs_sdpa=4.0,
-                   variants=[dict(options="{'fwd_tma': True}", ms=0.5, vs_flex=4.0)] if variants else [])
+                   variants=[dict(options="{'fwd_tma': True}", ms=0.5, vs_flex=4.0, agree_vs_flex=2e-3)] if variants else [])
         if save:
             save(row)
         return row
@@ -315,7 +337,7 @@ def test_gpu_suite_main_reports_rows_errors_and_variants(monkeypatch, tmp_path, 
     args = argparse.Namespace(repeats=30, quick=False, json=path, checks=50, variants=True, in_process=True)
     assert gpu.main(args) == 1  # the 3-D config failed
     out = capsys.readouterr().out
-    assert "fastest variant of 2-D 128x128 K=13 fwd: {'fwd_tma': True} 0.500 ms (4.00x Flex" in out
+    assert "fastest variant of 2-D 128x128 K=13 fwd: {'fwd_tma': True} 0.500 ms (4.00x Flex, rel. diff vs Flex 2.0e-03; default 1.000 ms, 1.0e-03)" in out
     assert "error: RuntimeError: no kernel for you" in out and "worst relative error forward 1.00e-03" in out
     saved = json.load(open(path))
     assert saved["card"] == "fake card" and saved["matmul_tflops"] == 700.0 and len(saved["rows"]) == 5

@@ -60,6 +60,10 @@ def can_run(spec, tensors: dict) -> list[str]:
                        "set TRITON_INTERPRET=1 to run its kernels on the CPU through the interpreter")
     if q.dtype not in _DTYPES:
         reasons.append(f"triton runs float16, bfloat16 and float32 (as TF32), not {q.dtype}")
+    elif q.dtype == torch.bfloat16 and q.device.type != "cuda" and _interpret():
+        # Seen with Triton 3.6 and 3.9: the interpreter's bfloat16 tl.dot returns garbage.
+        reasons.append("Triton's interpreter (TRITON_INTERPRET=1) computes bfloat16 matrix products wrongly; "
+                       "run bfloat16 on a GPU, or pass float16 or float32 tensors to the interpreter")
     for name, x in (("q", q), ("k", k), ("v", v)):
         width = x.shape[-1]
         if width > _MAX_HEAD_DIM or width % 8 != 0:

@@ -31,7 +31,8 @@ from . import kernels
 # is in dilation-group coordinates; box sizes must be powers of two and >= 16
 # on a GPU. The values are the fastest measured on an H100 (docs/gpu.md);
 # fwd_split_1d and fwd_tma switch on 1-D forward paths that are
-# interpreter-tested but not yet timed on a GPU.
+# interpreter-tested but not yet timed on a GPU, and so does fwd_exp16 (the softmax's
+# exponentials in packed fp16, two per instruction).
 _DEFAULTS = {
     1: dict(fwd_q=(1, 1, 128), fwd_k=(1, 1, 128), dq_q=(1, 1, 128), dq_k=(1, 1, 64),
             bwd_k=(1, 1, 64), bwd_q=(1, 1, 64),
@@ -221,9 +222,17 @@ def forward(spec, q, k, v, scale: float):
             hq, hq // hkv, *L, *K, *S, *D, *C, *nt,
             scale * kernels.LOG2E, d_qk, d_v,
             *qbox, *kbox, _block(d_qk), _block(d_v), ndim, _block(d_qk) == d_qk and _block(d_v) == d_v,
-            ndim == 1 and bool(cfg.get("fwd_split_1d")),
+            ndim == 1 and bool(cfg.get("fwd_split_1d")), _exp_mode(cfg),
     )
     return out, lse
+
+
+def _exp_mode(cfg) -> int:
+    """The forward's softmax exponential (kernels._exp2): 0 fp32; with ``fwd_exp16`` packed fp16, as
+    inline PTX on a GPU (1) or the same roundings in fp32 under the interpreter (2)."""
+    if not cfg.get("fwd_exp16"):
+        return 0
+    return 2 if os.environ.get("TRITON_INTERPRET") == "1" else 1
 
 
 # The compiled kernel of the latest launch, per kernel name: the GPU benchmark reads its
@@ -276,7 +285,7 @@ def _forward_1d_tma(spec, q, k, v, out, lse, scale, cfg):
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1), lse.stride(2),
             hq, hq // hkv, length, spec.kernel_size[0], spec.stride[0], int(spec.is_causal[0]),
-            scale * kernels.LOG2E, bm, bn, width, bool(cfg.get("fwd_ws")),
+            scale * kernels.LOG2E, bm, bn, width, bool(cfg.get("fwd_ws")), _exp_mode(cfg),
     )
 
 
