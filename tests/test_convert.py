@@ -134,29 +134,39 @@ def test_minilm_whole_window_reproduces_and_restore_is_exact(minilm):
     assert model.config._attn_implementation == "sdpa" and not hasattr(model, "_glocal_state")
 
 
-def test_minilm_converted_head_matches_manual(minilm):
-    tok, model, inputs = minilm
-    attn = model.encoder.layer[1].attention.self
+def _qkv_of(attn, run):
+    """Run ``run()`` and return layer ``attn``'s input projected to q, k, v [B, 12, T, 32] and its output."""
     seen = {}
     hook = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=args[0] if args else
                                       kwargs["hidden_states"], out=out[0]), with_kwargs=True)
-    rule = Local(5, (0, -1))
     try:
-        with torch.no_grad():
-            convert(model, {(1, 3): rule, (1, 7): Hybrid(3, (0,), 4)})
-            model(**inputs)
+        run()
     finally:
-        convert.restore(model)
         hook.remove()
     x = seen["x"]
     b, t, _ = x.shape
     split = lambda y: y.view(b, t, 12, 32).transpose(1, 2)  # noqa: E731
-    q, k, v = split(attn.query(x)), split(attn.key(x)), split(attn.value(x))
+    return split(attn.query(x)), split(attn.key(x)), split(attn.value(x)), split(seen["out"])
+
+
+def test_minilm_converted_head_matches_manual(minilm):
+    tok, model, inputs = minilm
+    attn = model.encoder.layer[1].attention.self
+    rule = Local(5, (0, -1))
+
+    def run():
+        try:
+            with torch.no_grad():
+                convert(model, {(1, 3): rule, (1, 7): Hybrid(3, (0,), 4)})
+                model(**inputs)
+        finally:
+            convert.restore(model)
+
+    q, k, v, got = _qkv_of(attn, run)
     valid = inputs["attention_mask"].bool()
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :]).double()
     want[:, 3:4] = _brute(q[:, 3:4], k[:, 3:4], v[:, 3:4], rule, 32 ** -0.5, False, valid)
     want[:, 7:8] = _brute(q[:, 7:8], k[:, 7:8], v[:, 7:8], Hybrid(3, (0,), 4), 32 ** -0.5, False, valid)
-    got = seen["out"].view(b, t, 12, 32).transpose(1, 2)
     assert torch.allclose(got[valid[:, None, :, None].expand_as(got)].double(),
                           want[valid[:, None, :, None].expand_as(want)], atol=1e-5)
 
@@ -165,47 +175,40 @@ def test_capture_minilm_matches_manual(minilm):
     from glocal.analysis import capture
 
     tok, model, inputs = minilm
-    attn = model.encoder.layer[0].attention.self
-    seen = {}
-    hook = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=args[0] if args else
-                                      kwargs["hidden_states"]), with_kwargs=True)
-    try:
+    result = {}
+
+    def run():
         with capture(model) as rec, torch.no_grad():
-            out = model(**inputs).last_hidden_state
-    finally:
-        hook.remove()
-    x = seen["x"]
-    b, t, _ = x.shape
-    q = attn.query(x).view(b, t, 12, 32).transpose(1, 2)
-    k = attn.key(x).view(b, t, 12, 32).transpose(1, 2)
+            result.update(out=model(**inputs).last_hidden_state, rec=rec)
+
+    q, k, _, _ = _qkv_of(model.encoder.layer[0].attention.self, run)
+    rec = result["rec"]
     valid = inputs["attention_mask"].bool()
     scores = (q @ k.transpose(-1, -2) / math.sqrt(32)).masked_fill(~valid[:, None, None, :], -float("inf"))
     assert torch.allclose(rec.maps[0][0], torch.softmax(scores, -1), atol=1e-5)
     assert len(rec.maps) == 6 and rec.names[0] == "encoder.layer.0.attention.self"
     with torch.no_grad():
-        assert torch.equal(out, model(**inputs).last_hidden_state)
+        assert torch.equal(result["out"], model(**inputs).last_hidden_state)
 
 
 def test_capture_of_a_converted_minilm_records_the_converted_heads(minilm):
     from glocal.analysis import capture
 
     tok, model, inputs = minilm
-    attn = model.encoder.layer[1].attention.self
-    seen = {}
-    hook = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(x=args[0] if args else
-                                      kwargs["hidden_states"]), with_kwargs=True)
     local, hybrid = Local(5, (0, -1)), Hybrid(3, (0,), 4)
-    try:
+    result = {}
+
+    def run():
         convert(model, {(1, 3): local, (1, 7): hybrid})
-        with capture(model) as rec, torch.no_grad():
-            model(**inputs)
-    finally:
-        convert.restore(model)
-        hook.remove()
-    x = seen["x"]
-    b, t, _ = x.shape
-    split = lambda y: y.view(b, t, 12, 32).transpose(1, 2).double()  # noqa: E731
-    q, k, v = split(attn.query(x)), split(attn.key(x)), split(attn.value(x))
+        try:
+            with capture(model) as rec, torch.no_grad():
+                model(**inputs)
+        finally:
+            convert.restore(model)
+        result["rec"] = rec
+
+    q, k, v, _ = (y.double() for y in _qkv_of(model.encoder.layer[1].attention.self, run))
+    rec = result["rec"]
     valid = inputs["attention_mask"].bool()
     probs = rec.maps[1][0].double()  # [B, 12, T, T]
     rows = valid[:, None, :, None]
