@@ -19,6 +19,7 @@ measured bf16 matmul rate of the same card.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -39,25 +40,26 @@ CONFIGS = [
 ]
 
 # Tile variants timed with --variants (glocal only; same Flex baseline). Keys are ops.tiles() options.
+_SMALL_1D = dict(fwd_q=(1, 1, 64), fwd_k=(1, 1, 64), fwd_warps=4, fwd_stages=3)
 VARIANTS = {
-    # 1-D: the split loop (no per-tile branch, core loads without masks) and the TMA loads, each
-    # with deeper/shallower pipelines and 64-key tiles (Q 32 KB + 2 x 32 KB stages = 96 KB of shared
-    # memory: two programs per SM, whose softmax and matrix products can overlap).
-    "1": [dict(fwd_split_1d=True), dict(fwd_split_1d=True, fwd_k=(1, 1, 64), fwd_stages=2),
-          dict(fwd_split_1d=True, fwd_stages=4, fwd_k=(1, 1, 64)),
-          dict(fwd_tma=True), dict(fwd_tma=True, fwd_stages=2), dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=2),
-          dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=4), dict(fwd_tma=True, fwd_q=(1, 1, 64), fwd_warps=4),
-          dict(fwd_k=(1, 1, 64), fwd_stages=2),
-          # Softmax exponentials in packed fp16, two per special-function instruction.
-          dict(fwd_split_1d=True, fwd_exp16=True), dict(fwd_tma=True, fwd_exp16=True),
-          # Last: warp specialisation is the one option a run has not yet shown to finish.
-          dict(fwd_tma=True, fwd_ws=True), dict(fwd_tma=True, fwd_ws=True, fwd_exp16=True)],
+    # 1-D: the split loop (no per-tile branch, core loads without masks), TMA loads and Triton's warp
+    # specialisation, each with 128-query boxes and 8 warps (one program per SM: 224 KB of shared
+    # memory or ~255 registers) and with 64 x 64 boxes and 4 warps (112 KB, <= 255 registers of 128
+    # threads: two programs per SM, whose softmax and matrix products can overlap). `--compile-only`
+    # prints each one's registers, spills, shared memory and programs per SM.
+    "1": [dict(fwd_split_1d=True), dict(fwd_split_1d=True, **_SMALL_1D), dict(**_SMALL_1D),
+          dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=2), dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=4),
+          dict(fwd_tma=True, **_SMALL_1D), dict(fwd_tma=True),
+          # Last: warp specialisation is the one option a run has not yet shown to finish (with 4 warps
+          # Triton 3.6 does not compile it).
+          dict(fwd_tma=True, fwd_ws=True, fwd_k=(1, 1, 64), fwd_stages=2)],
     "2": [dict(fwd_q=(1, 8, 16), fwd_k=(1, 4, 16), fwd_warps=8), dict(fwd_k=(1, 4, 16)),
-          dict(fwd_k=(1, 8, 16)), dict(fwd_exp16=True)],
+          dict(fwd_k=(1, 8, 16))],
     "3": [dict(fwd_q=(2, 4, 8), fwd_k=(2, 4, 8), fwd_warps=4), dict(fwd_q=(2, 4, 8), fwd_k=(4, 4, 4), fwd_warps=4),
-          dict(fwd_q=(2, 8, 8), fwd_k=(2, 4, 8)), dict(fwd_exp16=True)],
-    "bwd": [dict(bwd_k=(1, 4, 16), bwd_q=(1, 4, 16)), dict(dq_q=(1, 8, 8), dq_k=(1, 8, 8), dq_warps=4),
-            dict(fwd_q=(1, 8, 16), fwd_k=(1, 4, 16), fwd_warps=8)],
+          dict(fwd_q=(2, 8, 8), fwd_k=(2, 4, 8))],
+    # The default dK/dV kernel (4 warps) spills registers; with 8 warps it does not (--compile-only).
+    "bwd": [dict(dkdv_warps=8), dict(bwd_k=(1, 8, 8), bwd_q=(1, 8, 8), dkdv_warps=8),
+            dict(dq_q=(1, 8, 8), dq_k=(1, 8, 8), dq_warps=4), dict(fwd_q=(1, 8, 16), fwd_k=(1, 4, 16), fwd_warps=8)],
 }
 
 
@@ -81,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "process prints its Python stack and is stopped, and the run goes on")
     parser.add_argument("--in-process", action="store_true",
                         help="run everything in this process (no per-config time limit)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="no GPU needed: compile every config's kernels (and with --variants the variants) "
+                             "for sm_90 here and print registers, spills, shared memory, programs per SM and "
+                             "instruction counts")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
 
@@ -317,6 +323,130 @@ def time_config(cfg: dict, rep_ms: int, variants=None, save=None) -> dict:
     return row
 
 
+# --- offline: the compiler's report, no GPU needed ----------------------------------------------
+
+_SM90 = dict(regs=65536, shared=233472, block_reserved=1024, threads=2048, programs=32)  # per multiprocessor
+
+
+@contextlib.contextmanager
+def _offline_target(capability: int):
+    """Make Triton compile for ``sm_<capability>`` on a machine without a GPU (nothing is launched)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.driver import CudaDriver
+    from triton.runtime import driver
+
+    class OfflineCuda(CudaDriver):
+        def __init__(self):  # no CUDA library is loaded: this driver only names a target
+            pass
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", capability, 32)
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    saved = driver._active
+    driver.set_active(OfflineCuda())
+    try:
+        yield
+    finally:
+        driver._active = saved
+
+
+def _resources(compiled, num_warps: int) -> dict:
+    """Registers, local memory, shared memory, programs per SM and instruction counts of a compiled kernel."""
+    import re
+    import subprocess
+    import tempfile
+    from collections import Counter
+
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "--dump-sass", f.name], capture_output=True, text=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    shared = int(compiled.metadata.shared)
+    ops = Counter(m.split(".")[0] for m in re.findall(r"\b(HGMMA|HMMA|MUFU\.EX2|LDGSTS|UTMALDG|LDL|STL)\b", sass))
+    warp_regs = -(-regs * 32 // 256) * 256  # registers are given per warp in blocks of 256
+    per_sm = min(_SM90["regs"] // (warp_regs * num_warps), _SM90["shared"] // (shared + _SM90["block_reserved"]),
+                 _SM90["threads"] // (32 * num_warps), _SM90["programs"])
+    return dict(regs=regs, local_bytes=int(re.search(r"LOCAL:(\d+)", usage).group(1)), shared_kb=shared / 1024,
+                per_sm=per_sm, wgmma=ops["HGMMA"], mma=ops["HMMA"], mufu_ex2=ops["MUFU"], ldgsts=ops["LDGSTS"],
+                tma_loads=ops["UTMALDG"], spill_ld_st=ops["LDL"] + ops["STL"])
+
+
+def offline_report(variants: bool = True, only: str | None = None, capability: int = 90) -> list:
+    """Compile each config's kernels (defaults, and with ``variants`` every tile variant) for an
+    ``sm_<capability>`` GPU on this machine, no GPU needed, and read the compiler's resource report.
+
+    Returns one dict per (config, options, kernel): regs, local_bytes (spills), shared_kb, per_sm
+    (programs one multiprocessor holds, from registers, shared memory and threads), and SASS
+    instruction counts: wgmma (Hopper's warpgroup products, HGMMA), mma (the older HMMA), mufu_ex2
+    (exponentials), ldgsts (asynchronous copies), tma_loads (UTMALDG), spill_ld_st (LDL + STL).
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("the offline report compiles real kernels: unset TRITON_INTERPRET (it is set to 1)")
+    from ..backends.triton import ops
+    from ..spec import make_neighborhood_spec
+
+    rows = []
+    with _offline_target(capability), ops.compile_only():
+        for cfg in CONFIGS:
+            if only and only not in cfg["name"]:
+                continue
+            spec = make_neighborhood_spec(cfg["spatial"], cfg["kernel_size"], 1, 1, cfg["causal"])
+            q = k = v = torch.zeros(1, *cfg["spatial"], 8, 128, dtype=torch.bfloat16)
+            key = "bwd" if cfg["backward"] else str(spec.ndim)
+            for opts in [{}] + (VARIANTS.get(key, []) if variants else []):
+                ops.last_compiled.clear()
+                try:
+                    with ops.tiles(**opts):
+                        out, lse = ops.forward(spec, q, k, v, 0.1)
+                        if cfg["backward"]:
+                            ops.backward(spec, q, k, v, out, lse, torch.zeros_like(out), None, 0.1)
+                except Exception as err:  # a variant that does not compile is reported, not fatal
+                    rows.append(dict(config=cfg["name"], options=str(opts), error=f"{type(err).__name__}: {err}"[:300]))
+                    continue
+                for name, compiled in ops.last_compiled.items():
+                    warps = compiled.metadata.num_warps
+                    rows.append(dict(config=cfg["name"], options=str(opts), kernel=name.strip("_"),
+                                     warps=warps, stages=compiled.metadata.num_stages, **_resources(compiled, warps)))
+    return rows
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def print_offline(rows: list, capability: int) -> None:
+    print(f"\ncompiled for sm_{capability} on this machine (no GPU) by Triton {_triton_version()}; per SM: programs "
+          f"one multiprocessor holds (registers, shared memory, threads); SASS instruction counts per kernel")
+    head = (f"{'config':30s} {'options':56s} {'kernel':15s} {'warps':>5s} {'regs':>4s} {'spill':>5s} {'smem KB':>7s} "
+            f"{'per SM':>6s} {'HGMMA':>5s} {'HMMA':>4s} {'EX2':>4s} {'LDGSTS':>6s} {'TMA':>4s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['config']:30s} {r['options']:56s} error: {r['error']}")
+            continue
+        spill = r["local_bytes"] + r["spill_ld_st"]
+        print(f"{r['config']:30s} {r['options'][:56]:56s} {r['kernel']:15s} {r['warps']:5d} {r['regs']:4d} "
+              f"{'yes' if spill else 'no':>5s} {r['shared_kb']:7.1f} {r['per_sm']:6d} {r['wgmma']:5d} {r['mma']:4d} "
+              f"{r['mufu_ex2']:4d} {r['ldgsts']:6d} {r['tma_loads']:4d}")
+
+
 def print_table(rows: list, card: str, mm_tflops: float | None) -> None:
     print(f"\ncard: {card}; bf16, batch 1, 8 heads, head dim 128; medians of triton.testing.do_bench")
     if mm_tflops:
@@ -448,15 +578,22 @@ def main(args) -> int:
     The checks and each config run in a process of their own with a time limit (``--budget``), so a
     stalled compile or launch costs that config only and leaves its Python stack in the output.
     """
-    if not torch.cuda.is_available():
-        print("the GPU suite needs a CUDA device; none is visible", file=sys.stderr)
-        return 2
     from ..backends import triton as triton_backend
 
     if not triton_backend._triton_installed():
         print("triton is not installed: pip install glocal[triton]", file=sys.stderr)
         return 2
     opt = _options(args)
+    if getattr(args, "compile_only", False):
+        rows = offline_report(opt["variants"], opt["only"])
+        print_offline(rows, 90)
+        if opt["json"]:
+            with open(opt["json"], "w") as f:
+                json.dump(dict(target="sm_90", triton=_triton_version(), rows=rows), f, indent=1)
+        return 1 if any("error" in r for r in rows) else 0
+    if not torch.cuda.is_available():
+        print("the GPU suite needs a CUDA device; none is visible (--compile-only needs none)", file=sys.stderr)
+        return 2
     global HEAD_DIMS
     if opt["head_dims"]:
         HEAD_DIMS = tuple(int(x) for x in opt["head_dims"].split(","))

@@ -95,31 +95,13 @@ def _in_window_t(lo, hi, y):
 
 
 @triton.jit
-def _exp2(x, EXP: tl.constexpr):
-    """2**x of scores minus their running max (x <= 0).
-
-    EXP 0: fp32 through the special-function unit. EXP 1: rounded to fp16 and done two per instruction
-    (``ex2.approx.f16x2``: half the special-function work, which bounds the softmax on Hopper); the result
-    is fp16, within fp16 rounding of 2**x. EXP 2: the same roundings through fp32, for the interpreter
-    (which cannot run inline PTX).
-    """
-    if EXP == 1:
-        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
-                                         dtype=tl.float16, is_pure=True, pack=2)
-    elif EXP == 2:
-        return tl.math.exp2(x.to(tl.float16).to(tl.float32)).to(tl.float16)
-    else:
-        return tl.math.exp2(x)
-
-
-@triton.jit
-def _online_softmax(acc, l_i, m_i, s, v, EXP: tl.constexpr):
+def _online_softmax(acc, l_i, m_i, s, v):
     """Fold one key tile, scaled and masked scores s [M, N] and values v [N, D_v], into the running
     (acc, l, m) of the rows; returns them updated."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.math.exp2(m_i - m_new)
-    p = _exp2(s - m_new[:, None], EXP)
-    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
     # Rescale, then let the matrix unit accumulate into acc in place (tl.dot with an accumulator).
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_new
@@ -127,7 +109,7 @@ def _online_softmax(acc, l_i, m_i, s, v, EXP: tl.constexpr):
 
 @triton.jit
 def _attend_1d(acc, l_i, m_i, q, k_base, v_base, k0x, gx, Dx, skx, svx, d, dv, jx, lox, hix, uhx, qk_scale,
-               D_QK, D_V, MASKED: tl.constexpr, EVEN_D: tl.constexpr, EXP: tl.constexpr):
+               D_QK, D_V, MASKED: tl.constexpr, EVEN_D: tl.constexpr):
     """One key tile of a 1-D problem; an unmasked tile loads without any mask (every key in range)."""
     kx = k0x + jx
     koff = (kx * Dx + gx) * skx
@@ -145,7 +127,7 @@ def _attend_1d(acc, l_i, m_i, q, k_base, v_base, k0x, gx, Dx, skx, svx, d, dv, j
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
         s = tl.where(_in_window(kx, lox, hix), s, float("-inf"))
-    return _online_softmax(acc, l_i, m_i, s, v, EXP)
+    return _online_softmax(acc, l_i, m_i, s, v)
 
 
 @triton.jit(do_not_specialize=_PROBLEM_ARGS_FWD)
@@ -163,7 +145,7 @@ def _fwd_kernel(
     BZ: tl.constexpr, BY: tl.constexpr, BX: tl.constexpr,
     KBZ: tl.constexpr, KBY: tl.constexpr, KBX: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, NDIM: tl.constexpr, EVEN_D: tl.constexpr = False,
-    SPLIT_1D: tl.constexpr = False, EXP: tl.constexpr = 0,
+    SPLIT_1D: tl.constexpr = False,
 ):
     TQ: tl.constexpr = BZ * BY * BX
     TK: tl.constexpr = KBZ * KBY * KBX
@@ -223,13 +205,13 @@ def _fwd_kernel(
         full_hi = tl.maximum(tl.minimum((chx - ulx) // KBX, nkx), full_lo)
         for n in range(0, full_lo):
             acc, l_i, m_i = _attend_1d(acc, l_i, m_i, q, k_base, v_base, ulx + n * KBX, gx, Dx, skx, svx, d, dv,
-                                       jx, lox, hix, uhx, qk_scale, D_QK, D_V, True, EVEN_D, EXP)
+                                       jx, lox, hix, uhx, qk_scale, D_QK, D_V, True, EVEN_D)
         for n in range(full_lo, full_hi):
             acc, l_i, m_i = _attend_1d(acc, l_i, m_i, q, k_base, v_base, ulx + n * KBX, gx, Dx, skx, svx, d, dv,
-                                       jx, lox, hix, uhx, qk_scale, D_QK, D_V, False, EVEN_D, EXP)
+                                       jx, lox, hix, uhx, qk_scale, D_QK, D_V, False, EVEN_D)
         for n in range(full_hi, nkx):
             acc, l_i, m_i = _attend_1d(acc, l_i, m_i, q, k_base, v_base, ulx + n * KBX, gx, Dx, skx, svx, d, dv,
-                                       jx, lox, hix, uhx, qk_scale, D_QK, D_V, True, EVEN_D, EXP)
+                                       jx, lox, hix, uhx, qk_scale, D_QK, D_V, True, EVEN_D)
     for n in range(0, n_generic):
         k0z = ulz + (n // (nky * nkx)) * KBZ
         k0y = uly + ((n // nkx) % nky) * KBY
@@ -252,7 +234,7 @@ def _fwd_kernel(
             if NDIM >= 3:
                 keep = keep & _in_window(kz, loz, hiz)
             s = tl.where(keep, s, float("-inf"))
-        acc, l_i, m_i = _online_softmax(acc, l_i, m_i, s, v, EXP)
+        acc, l_i, m_i = _online_softmax(acc, l_i, m_i, s, v)
 
     out = acc / l_i[:, None]
     o_ptrs = O + b.to(tl.int64) * sob + h * soh + (rz * soz + ry * soy + rx * sox)[:, None] + dv[None, :]
@@ -484,15 +466,14 @@ def _dkdv_kernel(
 
 
 @triton.jit
-def _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row, col, kx, lox, hix, qk_scale, MASKED: tl.constexpr,
-                EXP: tl.constexpr):
+def _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row, col, kx, lox, hix, qk_scale, MASKED: tl.constexpr):
     """One key tile loaded by the tensor-memory accelerator (TMA); rows past the tensor read as zeros."""
     k = K_desc.load([row, col])
     v = V_desc.load([row, col])
     s = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
         s = tl.where(_in_window(kx, lox, hix), s, float("-inf"))
-    return _online_softmax(acc, l_i, m_i, s, v, EXP)
+    return _online_softmax(acc, l_i, m_i, s, v)
 
 
 @triton.jit(do_not_specialize=["H", "GQA", "N", "Kx", "Sx", "Cx"])
@@ -501,7 +482,7 @@ def _fwd_1d_tma_kernel(
     sqb, sqx, sqh, sob, sox, soh, slb, slx, slh,
     H, GQA, N, Kx, Sx, Cx,
     qk_scale,
-    BM: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr, WS: tl.constexpr, EXP: tl.constexpr = 0,
+    BM: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr, WS: tl.constexpr,
 ):
     """Forward of 1-D problems without dilation, head dim a power of two: K/V tiles through TMA.
 
@@ -533,13 +514,13 @@ def _fwd_1d_tma_kernel(
     acc = tl.zeros([BM, BLOCK_D], dtype=tl.float32)
     for n in range(0, full_lo):
         acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
-                                    lox, hix, qk_scale, True, EXP)
+                                    lox, hix, qk_scale, True)
     for n in tl.range(full_lo, full_hi, warp_specialize=WS):
         acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
-                                    lox, hix, qk_scale, False, EXP)
+                                    lox, hix, qk_scale, False)
     for n in range(full_hi, nk):
         acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
-                                    lox, hix, qk_scale, True, EXP)
+                                    lox, hix, qk_scale, True)
     out = acc / l_i[:, None]
     tl.store(O + b.to(tl.int64) * sob + h * soh + qx[:, None] * sox + d[None, :], out.to(O.dtype.element_ty),
              mask=q_ok[:, None])

@@ -31,8 +31,7 @@ from . import kernels
 # is in dilation-group coordinates; box sizes must be powers of two and >= 16
 # on a GPU. The values are the fastest measured on an H100 (docs/gpu.md);
 # fwd_split_1d and fwd_tma switch on 1-D forward paths that are
-# interpreter-tested but not yet timed on a GPU, and so does fwd_exp16 (the softmax's
-# exponentials in packed fp16, two per instruction).
+# interpreter-tested but not yet timed on a GPU.
 _DEFAULTS = {
     1: dict(fwd_q=(1, 1, 128), fwd_k=(1, 1, 128), dq_q=(1, 1, 128), dq_k=(1, 1, 64),
             bwd_k=(1, 1, 64), bwd_q=(1, 1, 64),
@@ -222,22 +221,28 @@ def forward(spec, q, k, v, scale: float):
             hq, hq // hkv, *L, *K, *S, *D, *C, *nt,
             scale * kernels.LOG2E, d_qk, d_v,
             *qbox, *kbox, _block(d_qk), _block(d_v), ndim, _block(d_qk) == d_qk and _block(d_v) == d_v,
-            ndim == 1 and bool(cfg.get("fwd_split_1d")), _exp_mode(cfg),
+            ndim == 1 and bool(cfg.get("fwd_split_1d")),
     )
     return out, lse
-
-
-def _exp_mode(cfg) -> int:
-    """The forward's softmax exponential (kernels._exp2): 0 fp32; with ``fwd_exp16`` packed fp16, as
-    inline PTX on a GPU (1) or the same roundings in fp32 under the interpreter (2)."""
-    if not cfg.get("fwd_exp16"):
-        return 0
-    return 2 if os.environ.get("TRITON_INTERPRET") == "1" else 1
 
 
 # The compiled kernel of the latest launch, per kernel name: the GPU benchmark reads its
 # registers, spills, shared memory and instructions from here (None under the interpreter).
 last_compiled: dict = {}
+_compile_only = False
+
+
+@contextlib.contextmanager
+def compile_only():
+    """Compile the kernels that calls inside the block would launch, and launch nothing (their outputs
+    stay unwritten). With a GPU target set up by the caller this runs on a machine without a GPU
+    (``glocal.bench.gpu.offline_report``)."""
+    global _compile_only
+    saved, _compile_only = _compile_only, True
+    try:
+        yield
+    finally:
+        _compile_only = saved
 
 
 def _launch(kernel, grid, num_warps: int, num_stages: int, *args):
@@ -245,6 +250,9 @@ def _launch(kernel, grid, num_warps: int, num_stages: int, *args):
     H100's, the card the stage counts were chosen on), retry with fewer stages."""
     from triton.runtime.errors import OutOfResources
 
+    if _compile_only:
+        last_compiled[kernel.__name__] = kernel.warmup(*args, grid=grid, num_warps=num_warps, num_stages=num_stages)
+        return last_compiled[kernel.__name__]
     while True:
         try:
             compiled = kernel[grid](*args, num_warps=num_warps, num_stages=num_stages)
@@ -263,7 +271,7 @@ def _tma_1d_ok(spec, q, k, v) -> bool:
     if q.device.type == "cuda":
         if torch.cuda.get_device_capability(q.device)[0] < 9:
             return False
-    elif os.environ.get("TRITON_INTERPRET") != "1":
+    elif os.environ.get("TRITON_INTERPRET") != "1" and not _compile_only:
         return False
     width = q.shape[-1]
     if v.shape[-1] != width or _block(width) != width:
@@ -285,7 +293,7 @@ def _forward_1d_tma(spec, q, k, v, out, lse, scale, cfg):
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1), lse.stride(2),
             hq, hq // hkv, length, spec.kernel_size[0], spec.stride[0], int(spec.is_causal[0]),
-            scale * kernels.LOG2E, bm, bn, width, bool(cfg.get("fwd_ws")), _exp_mode(cfg),
+            scale * kernels.LOG2E, bm, bn, width, bool(cfg.get("fwd_ws")),
     )
 
 
