@@ -201,25 +201,16 @@ def matmul_tflops(rep_ms: int) -> float:
 
 
 def kernel_report() -> dict:
-    """Per kernel of the latest glocal launches: registers, spills, shared memory, and whether the
-    PTX holds Hopper's warpgroup matrix products (wgmma) and tensor-memory copies (TMA)."""
+    """The compiler's report (:func:`_resources`) of each kernel of the latest glocal launches."""
     from ..backends.triton import ops
 
-    report = {}
-    for name, compiled in ops.last_compiled.items():
-        asm = getattr(compiled, "asm", None)
-        if asm is None:
-            continue
-        ptx = asm.get("ptx", "")
-        report[name] = dict(regs=getattr(compiled, "n_regs", None), spills=getattr(compiled, "n_spills", None),
-                            shared_kb=getattr(compiled.metadata, "shared", 0) // 1024,
-                            wgmma="wgmma" in ptx, tma="cp.async.bulk.tensor" in ptx)
-    return report
+    return {name.strip("_"): _resources(compiled, compiled.metadata.num_warps)
+            for name, compiled in ops.last_compiled.items() if getattr(compiled, "asm", None) is not None}
 
 
 def _report_line(report: dict) -> str:
-    return "; ".join(f"{name.strip('_')}: {r['regs']} regs, {r['spills']} spills, {r['shared_kb']} KB shared"
-                     f"{', wgmma' if r['wgmma'] else ''}{', TMA' if r['tma'] else ''}"
+    return "; ".join(f"{name}: {r['regs']} regs, {'spills' if r['local_bytes'] + r['spill_ld_st'] else 'no spills'}, "
+                     f"{r['shared_kb']:.0f} KB shared, {r['per_sm']} per SM, {r['wgmma']} HGMMA, {r['tma_loads']} TMA"
                      for name, r in report.items())
 
 
