@@ -363,3 +363,11 @@ def test_gpu_suite_compiles_for_sm90_without_a_gpu(tmp_path):
     assert 0 < r["regs"] <= 255 and r["wgmma"] > 0 and r["mufu_ex2"] > 0 and r["per_sm"] >= 1
     assert 0 < r["shared_kb"] <= 227 and r["warps"] == 8
     assert "compiled for sm_90 on this machine" in proc.stdout
+
+
+def test_gpu_suite_compile_only_refuses_the_interpreter(monkeypatch, capsys):
+    from glocal.bench import gpu
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gpu.main(argparse.Namespace(compile_only=True)) == 2
+    assert "--compile-only compiles real kernels: unset TRITON_INTERPRET (it is set to 1)" in capsys.readouterr().err

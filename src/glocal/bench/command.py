@@ -6,6 +6,7 @@ Usage:
     glocal bench --scaling --plot scaling.png     # 2-D grids 32x32 .. 256x256 at K=7
     glocal bench --family global                  # the global-attention family
     glocal bench --device cuda                    # the GPU suite
+    glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
 
 Example:
     >>> from glocal.cli import main
@@ -51,6 +52,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--family", choices=["neighborhood", "global"], default="neighborhood",
                         help="benchmark family (default neighborhood)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
+    parser.add_argument("--variants", action="store_true", help="with --device cuda: also time the tile variants")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="with --device cuda, no GPU needed: compile the GPU kernels for sm_90 here and print "
+                             "the compiler's report (registers, spills, shared memory, instruction counts)")
 
 
 def _progress(items, enabled: bool, desc: str):
