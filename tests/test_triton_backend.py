@@ -118,6 +118,20 @@ def test_opt_in_1d_forward_paths(interpret, path, causal):
     _compare(interpret, spec, batch=2, hq=2, hkv=1, extra=2, tiles={**SMALL_1D, **path})
 
 
+def _variant_ids():
+    from glocal.bench import gpu
+
+    return gpu.VARIANTS["1"]
+
+
+@pytest.mark.parametrize("options", _variant_ids(), ids=str)
+def test_gpu_suite_1d_variants_compute_the_same_function(interpret, options):
+    # Every 1-D variant the GPU suite times, at its own tile sizes, against the reference; K=257 leaves
+    # unmasked key tiles in the core of 128-query tiles.
+    spec = make_neighborhood_spec((400,), 257, 1, 1, False)
+    _compare(interpret, spec, dtype=torch.float16, d_qk=32, d_v=32, hq=2, hkv=1, tiles=options)
+
+
 def test_float16(interpret):
     spec = make_neighborhood_spec((10, 12), (5, 3), (1, 2), (2, 1), (False, False))
     _compare(interpret, spec, dtype=torch.float16, hq=1, hkv=1, extra=2)
