@@ -385,3 +385,19 @@ def test_gpu_suite_compile_only_refuses_the_interpreter(monkeypatch, capsys):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert gpu.main(argparse.Namespace(compile_only=True)) == 2
     assert "--compile-only compiles real kernels: unset TRITON_INTERPRET (it is set to 1)" in capsys.readouterr().err
+
+
+def test_gpu_suite_kernel_report_never_breaks_a_timing(monkeypatch):
+    from glocal.backends.triton import ops
+    from glocal.bench import gpu
+
+    class NoBinary:
+        class metadata:
+            num_warps = 4
+
+        asm = {}  # no cubin: the report of this kernel cannot be read
+
+    monkeypatch.setattr(ops, "last_compiled", {"_fwd_kernel": NoBinary()})
+    report = gpu.kernel_report()
+    assert report == {"fwd_kernel": {"error": "KeyError: 'cubin'"}}
+    assert gpu._report_line(report) == "fwd_kernel: KeyError: 'cubin'"

@@ -201,15 +201,22 @@ def matmul_tflops(rep_ms: int) -> float:
 
 
 def kernel_report() -> dict:
-    """The compiler's report (:func:`_resources`) of each kernel of the latest glocal launches."""
+    """The compiler's report (:func:`_resources`) of each kernel of the latest glocal launches; a kernel
+    whose report cannot be read gets ``{"error": ...}`` (the timings never depend on it)."""
     from ..backends.triton import ops
 
-    return {name.strip("_"): _resources(compiled, compiled.metadata.num_warps)
-            for name, compiled in ops.last_compiled.items() if getattr(compiled, "asm", None) is not None}
+    report = {}
+    for name, compiled in ops.last_compiled.items():
+        try:
+            report[name.strip("_")] = _resources(compiled, compiled.metadata.num_warps)
+        except Exception as err:  # e.g. no cuobjdump beside this Triton
+            report[name.strip("_")] = dict(error=f"{type(err).__name__}: {err}"[:200])
+    return report
 
 
 def _report_line(report: dict) -> str:
-    return "; ".join(f"{name}: {r['regs']} regs, {'spills' if r['local_bytes'] + r['spill_ld_st'] else 'no spills'}, "
+    return "; ".join(f"{name}: {r['error']}" if "error" in r else
+                     f"{name}: {r['regs']} regs, {'spills' if r['local_bytes'] + r['spill_ld_st'] else 'no spills'}, "
                      f"{r['shared_kb']:.0f} KB shared, {r['per_sm']} per SM, {r['wgmma']} HGMMA, {r['tma_loads']} TMA"
                      for name, r in report.items())
 
