@@ -401,3 +401,15 @@ def test_gpu_suite_kernel_report_never_breaks_a_timing(monkeypatch):
     report = gpu.kernel_report()
     assert report == {"fwd_kernel": {"error": "KeyError: 'cubin'"}}
     assert gpu._report_line(report) == "fwd_kernel: KeyError: 'cubin'"
+
+
+def test_gpu_profile_script_names_its_configs_and_needs_cuda(capsys):
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_profile.py")
+    spec = importlib.util.spec_from_file_location("gpu_profile", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--config", "K=13"]) == 2  # two configs match
+    assert "--config must pick one config; 'K=13' matches 2 of:" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert script.main(["--config", "3-D"]) == 2
+        assert "gpu_profile.py needs a CUDA device; none is visible" in capsys.readouterr().err
