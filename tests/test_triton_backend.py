@@ -110,7 +110,7 @@ def test_matches_reference(interpret, spatial, kernel_size, stride, dilation, ca
     _compare(interpret, spec, **kw)
 
 
-@pytest.mark.parametrize("path", [dict(fwd_split_1d=True), dict(fwd_tma=True)])
+@pytest.mark.parametrize("path", [dict(fwd_split_1d=True), dict(fwd_tma=True), dict(fwd_tma=True, fwd_overlap=True)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_opt_in_1d_forward_paths(interpret, path, causal):
     # The split-loop and TMA 1-D forwards (off by default): full core tiles, GQA, batch 2, extra keys.

@@ -50,6 +50,9 @@ VARIANTS = {
     "1": [dict(fwd_split_1d=True), dict(fwd_split_1d=True, **_SMALL_1D), dict(**_SMALL_1D),
           dict(fwd_tma=True, fwd_k=(1, 1, 64), fwd_stages=2), dict(fwd_tma=True, **_SMALL_1D),
           dict(fwd_tma=True, fwd_k=(1, 1, 32), fwd_stages=3), dict(fwd_tma=True),
+          # The next tile's scores computed during this tile's softmax (kernels._fwd_1d_tma_kernel, OVERLAP).
+          dict(fwd_tma=True, fwd_overlap=True, fwd_k=(1, 1, 64), fwd_stages=2),
+          dict(fwd_tma=True, fwd_overlap=True, **dict(_SMALL_1D, fwd_stages=2)),
           # Last: warp specialisation is the one option a run has not yet shown to finish (with 4 warps
           # Triton 3.6 does not compile it).
           dict(fwd_tma=True, fwd_ws=True, fwd_k=(1, 1, 64), fwd_stages=2)],

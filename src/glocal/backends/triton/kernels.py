@@ -482,12 +482,15 @@ def _fwd_1d_tma_kernel(
     sqb, sqx, sqh, sob, sox, soh, slb, slx, slh,
     H, GQA, N, Kx, Sx, Cx,
     qk_scale,
-    BM: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr, WS: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr, WS: tl.constexpr, OVERLAP: tl.constexpr = False,
 ):
     """Forward of 1-D problems without dilation, head dim a power of two: K/V tiles through TMA.
 
     K_desc, V_desc: [B * N, H_kv * D] descriptors with [BN, D] blocks (rows are tokens of all
     batch entries; a tile that runs past this entry's tokens is masked by the scores).
+    OVERLAP: the unmasked core computes the next tile's scores before this tile's softmax, so the
+    matrix unit works while the exponentials are taken (in sm_90 SASS the next tile's HGMMAs are
+    interleaved with this tile's MUFU.EX2; without it every softmax waits for its scores).
     """
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -515,9 +518,22 @@ def _fwd_1d_tma_kernel(
     for n in range(0, full_lo):
         acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
                                     lox, hix, qk_scale, True)
-    for n in tl.range(full_lo, full_hi, warp_specialize=WS):
-        acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
-                                    lox, hix, qk_scale, False)
+    if OVERLAP:
+        if full_hi > full_lo:
+            s = tl.dot(q, tl.trans(K_desc.load([row0 + full_lo * BN, col]))) * qk_scale
+            for n in tl.range(full_lo, full_hi - 1):
+                # Both loads before the product: written the other way round, the compiler waits for the
+                # next scores before the exponentials (seen in the SASS) and nothing overlaps.
+                v = V_desc.load([row0 + n * BN, col])
+                k_next = K_desc.load([row0 + (n + 1) * BN, col])
+                s_next = tl.dot(q, tl.trans(k_next)) * qk_scale
+                acc, l_i, m_i = _online_softmax(acc, l_i, m_i, s, v)
+                s = s_next
+            acc, l_i, m_i = _online_softmax(acc, l_i, m_i, s, V_desc.load([row0 + (full_hi - 1) * BN, col]))
+    else:
+        for n in tl.range(full_lo, full_hi, warp_specialize=WS):
+            acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
+                                        lox, hix, qk_scale, False)
     for n in range(full_hi, nk):
         acc, l_i, m_i = _attend_tma(acc, l_i, m_i, q, K_desc, V_desc, row0 + n * BN, col, ulx + n * BN + j,
                                     lox, hix, qk_scale, True)

@@ -30,8 +30,8 @@ from . import kernels
 # and query box of the dK/dV pass (bwd_k, bwd_q), and the launch options. A box
 # is in dilation-group coordinates; box sizes must be powers of two and >= 16
 # on a GPU. The values are the fastest measured on an H100 (docs/gpu.md);
-# fwd_split_1d and fwd_tma switch on 1-D forward paths that are
-# interpreter-tested but not yet timed on a GPU.
+# fwd_split_1d and fwd_tma switch on 1-D forward paths (fwd_tma with fwd_ws
+# or fwd_overlap) that are interpreter-tested but not yet timed on a GPU.
 _DEFAULTS = {
     1: dict(fwd_q=(1, 1, 128), fwd_k=(1, 1, 128), dq_q=(1, 1, 128), dq_k=(1, 1, 64),
             bwd_k=(1, 1, 64), bwd_q=(1, 1, 64),
@@ -293,7 +293,7 @@ def _forward_1d_tma(spec, q, k, v, out, lse, scale, cfg):
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1), lse.stride(2),
             hq, hq // hkv, length, spec.kernel_size[0], spec.stride[0], int(spec.is_causal[0]),
-            scale * kernels.LOG2E, bm, bn, width, bool(cfg.get("fwd_ws")),
+            scale * kernels.LOG2E, bm, bn, width, bool(cfg.get("fwd_ws")), bool(cfg.get("fwd_overlap")),
     )
 
 
