@@ -7,6 +7,7 @@ ones, measured in the same process as its baseline (DESIGN.md §5).
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 
@@ -39,6 +40,9 @@ def peak_cpu_bytes(fn) -> int:
     start and hide the transient peak.
     """
     gc.collect()
+    # torch 2.13's profiler logs every trace start and stop to stderr, through the progress bar; level 6
+    # silences that (a level the caller set is kept).
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
