@@ -418,6 +418,16 @@ inline float hsum(v16f x) {
   return s;
 }
 
+// The rows of a block's QB tokens (each `width` contiguous floats, all heads), transposed so that
+// dst[c * QB + i] = scale * rows[qtok[i]][c]: the block's queries side by side for the vector loops.
+template <int QB>
+inline void pack_block(const float* rows, const int64_t* qtok, int64_t width, float scale, float* dst) {
+  for (int i = 0; i < QB; ++i) {
+    const float* src = rows + qtok[i] * width;
+    for (int64_t c = 0; c < width; ++c) dst[c * QB + i] = src[c] * scale;
+  }
+}
+
 template <int QB>
 void forward_blocked_impl(const float* q, const float* kt, const float* v, float* out, float* lse, int64_t B,
                           int64_t N, int64_t npad, int64_t Hq, int64_t Hkv, int64_t dq, int64_t dv,
@@ -442,10 +452,7 @@ void forward_blocked_impl(const float* q, const float* kt, const float* v, float
       const int64_t R = g.block_keys(blk, p0, p1, b, N, Hkv, QB, false, rows.data(), vrow.data(), qtok, lo, hi, W);
       const int64_t nq = g.bcount[blk], nchunk = (W + 15) / 16;
       // pack the block's queries of every head, reading each token's heads as one contiguous row
-      for (int i = 0; i < QB; ++i) {
-        const float* qp = q + (b * N + qtok[i]) * Hq * dq;
-        for (int64_t hd = 0; hd < Hq * dq; ++hd) qblk[hd * QB + i] = qp[hd] * scale;
-      }
+      pack_block<QB>(q + b * N * Hq * dq, qtok, Hq * dq, scale, qblk.data());
       for (int64_t h = 0; h < Hq; ++h) {
         const int64_t hk = h / group;
         const float* ktb = kt + (b * Hkv + hk) * dq * npad;
@@ -589,12 +596,8 @@ void backward_blocked_impl(const float* q, const float* k, const float* v, const
       float lo[QB], hi[QB];
       const int64_t R = g.block_keys(blk, p0, p1, b, N, Hkv, QB, true, rows.data(), krow.data(), qtok, lo, hi, W);
       const int64_t nq = g.bcount[blk], nchunk = (W + 15) / 16;
-      for (int i = 0; i < QB; ++i) {
-        const float* qp = q + (b * N + qtok[i]) * Hq * dq;
-        for (int64_t hd = 0; hd < Hq * dq; ++hd) qblk[hd * QB + i] = qp[hd] * scale;
-        const float* gp = dout + (b * N + qtok[i]) * Hq * dv;
-        for (int64_t he = 0; he < Hq * dv; ++he) gblk[he * QB + i] = gp[he];
-      }
+      pack_block<QB>(q + b * N * Hq * dq, qtok, Hq * dq, scale, qblk.data());
+      pack_block<QB>(dout + b * N * Hq * dv, qtok, Hq * dv, 1.0f, gblk.data());
       for (int64_t h = 0; h < Hq; ++h) {
         const int64_t hk = h / group;
         // S = (scale Q) K^T and dP = dO V^T, both [i][r][w]
