@@ -7,6 +7,7 @@ sweep has its own default, sized for CI on two CPU cores.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -32,3 +33,26 @@ def sweep_size(default: int) -> int:
 def gen() -> torch.Generator:
     """A CPU generator with a fixed seed, so every test draws the same tensors on every run."""
     return torch.Generator().manual_seed(0)
+
+
+def backend_run(module, spec, q, k, v, scale, additional_keys=None, additional_values=None):
+    """``module.run`` of a neighborhood/dense backend module on positional tensors (the protocol takes a dict)."""
+    tensors = {"q": q, "k": k, "v": v, "additional_keys": additional_keys, "additional_values": additional_values}
+    return module.run(spec, tensors, scale)
+
+
+def named_tensors(q, k=None, v=None, additional_keys=None, additional_values=None) -> dict:
+    """The ``tensors`` dict of a neighborhood/dense problem, for ``can_run``."""
+    k = q if k is None else k
+    v = q if v is None else v
+    return {"q": q, "k": k, "v": v, "additional_keys": additional_keys, "additional_values": additional_values}
+
+
+def zeros(*shape, dtype=torch.float32, device="cpu"):
+    """A zero tensor of ``shape`` (error tests only need shapes, dtypes and devices)."""
+    return torch.zeros(*shape, dtype=dtype, device=device)
+
+
+def raises(exc, *parts):
+    """pytest.raises matching every literal ``part`` of the message, in order."""
+    return pytest.raises(exc, match=".*".join(re.escape(p) for p in parts))

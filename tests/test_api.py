@@ -342,8 +342,9 @@ def fake_backends(monkeypatch):
     """Three backends in priority order: 'a' always refuses, 'b' and 'c' can run."""
     fakes = {"a": fake_backend("a", ["a needs a GPU"]), "b": fake_backend("b", []), "c": fake_backend("c", [])}
     monkeypatch.setattr(backends, "BACKENDS", tuple(fakes))
-    monkeypatch.setattr(backends, "PRIORITY", {"cpu": tuple(fakes)}, raising=False)
-    monkeypatch.setattr(backends, "load", fakes.get)
+    families = ("neighborhood", "dense")
+    monkeypatch.setattr(backends, "PRIORITY", {f: {"cpu": tuple(fakes)} for f in families}, raising=False)
+    monkeypatch.setattr(backends, "load", lambda name, family=None: fakes.get(name))
     return fakes
 
 
@@ -381,11 +382,12 @@ def test_use_backend_scopes_the_choice(fake_backends):
 
 
 def test_use_backend_reference_on_real_calls(gen, monkeypatch):
-    from glocal.backends import reference
+    from glocal.backends.reference import dense, neighborhood
 
     calls = []
-    real_run = reference.run
-    monkeypatch.setattr(reference, "run", lambda *a, **kw: calls.append(1) or real_run(*a, **kw))
+    for module in (dense, neighborhood):
+        real_run = module.run
+        monkeypatch.setattr(module, "run", lambda *a, real_run=real_run, **kw: calls.append(1) or real_run(*a, **kw))
     q = randn(gen, 1, 9, 2, 4)
     with glocal.use_backend("reference"):
         glocal.na1d(q, q, q, 3)
@@ -451,3 +453,65 @@ def test_docstring_example_runs(fn):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- every op dispatches: backend= and use_backend ----------------------------------------------------------------
+
+def _op_calls(gen):
+    """One call of every public op on small inputs: (name, fn(backend) -> result)."""
+    x = randn(gen, 1, 12, 2, 8)
+    img = randn(gen, 1, 5, 6, 2, 8)
+    vol = randn(gen, 1, 3, 4, 4, 2, 8)
+    g = randn(gen, 1, 3, 2, 8)
+    a, lse_a = glocal.attention(x, x[:, :5], x[:, :5], return_lse=True)
+    b, lse_b = glocal.attention(x, x[:, 5:], x[:, 5:], return_lse=True)
+    return {
+        "na1d": lambda be: glocal.na1d(x, x, x, 5, backend=be),
+        "na2d": lambda be: glocal.na2d(img, img, img, 3, dilation=(1, 2), backend=be),
+        "na3d": lambda be: glocal.na3d(vol, vol, vol, (3, 3, 3), is_causal=(True, False, False), backend=be),
+        "neighborhood_attention": lambda be: glocal.neighborhood_attention(img, img, img, 3, backend=be),
+        "attention": lambda be: glocal.attention(x, x, x, is_causal=True, backend=be),
+        "merge_attentions": lambda be: glocal.merge_attentions([a, b], [lse_a, lse_b], backend=be)[0],
+        "linear_attention": lambda be: glocal.linear_attention(x, x, x, is_causal=True, chunk_size=4, backend=be),
+        "linear_attention_step": lambda be: glocal.linear_attention_step(x[:, 0], x[:, 0], x[:, 0], backend=be)[0],
+        "inline_attention": lambda be: glocal.inline_attention(img, img, img, backend=be),
+        "local_concentration_attention": lambda be: glocal.local_concentration_attention(img, img, img, 3,
+                                                                                         backend=be),
+        "global_token_attention": lambda be: glocal.global_token_attention(img, img, img, 3, g, g, backend=be),
+        "compressed_attention": lambda be: glocal.compressed_attention(img, img, img, 2, backend=be),
+        "channel_attention": lambda be: glocal.channel_attention(img, img, img, backend=be),
+    }
+
+
+def test_every_public_op_takes_backend():
+    import inspect
+
+    ops = [name for name in glocal.ops.__all__ if callable(getattr(glocal.ops, name))
+           and not inspect.ismodule(getattr(glocal.ops, name))]
+    assert sorted(ops) == sorted(_op_calls(torch.Generator().manual_seed(0)))
+    for name in ops:
+        assert "backend" in inspect.signature(getattr(glocal, name)).parameters, name
+
+
+@pytest.mark.parametrize("name", sorted(_op_calls(torch.Generator().manual_seed(0))))
+def test_every_op_runs_on_the_reference_when_asked(name, gen, monkeypatch):
+    import importlib
+    import pkgutil
+
+    import glocal.backends.reference as ref_pkg
+
+    calls = []
+    for info in pkgutil.iter_modules(ref_pkg.__path__):
+        module = importlib.import_module(f"glocal.backends.reference.{info.name}")
+        if hasattr(module, "run"):
+            real = module.run
+            monkeypatch.setattr(module, "run", lambda *a, real=real, **kw: calls.append(1) or real(*a, **kw))
+    fn = _op_calls(gen)[name]
+    default = fn(None)
+    n_default = len(calls)
+    named = fn("reference")
+    assert len(calls) > n_default  # the reference ran
+    with glocal.use_backend("reference"):
+        scoped = fn(None)
+    torch.testing.assert_close(named, default, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scoped, named, atol=0, rtol=0)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import glocal
-from glocal.convert import Hybrid, Local, convert, local_attention, mean_cosine, mean_pooled, plan_from_report
+from glocal import convert
+from glocal.convert import Hybrid, Local, converted_attention, mean_cosine, mean_pooled, plan_from_report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -68,38 +69,55 @@ CASES = [
 ]
 
 
+def _heads_last(x):
+    """The brute force is written heads-first [B, H, T, D]; glocal is heads-last [B, T, H, D]."""
+    return x.transpose(1, 2)
+
+
 @pytest.mark.parametrize("rule,causal", CASES)
-def test_local_attention_matches_brute_force(rule, causal, gen):
+def test_converted_attention_matches_brute_force(rule, causal, gen):
     q, k, v = (torch.randn(3, 2, 19, 8, generator=gen) for _ in range(3))
     valid = torch.ones(3, 19, dtype=torch.bool)
     valid[1, 12:] = False  # right padding
     valid[2, :5] = False  # left padding
-    out = local_attention(q, k, v, rule, 0.3, causal, valid)
+    out = _heads_last(converted_attention(_heads_last(q), _heads_last(k), _heads_last(v), rule, 0.3, causal, valid))
     want = _brute(q, k, v, rule, 0.3, causal, valid)
     assert torch.allclose(out.double() * valid[:, None, :, None], want, atol=1e-5)
 
 
 @pytest.mark.parametrize("rule,causal", CASES)
 def test_converted_probs_times_values_is_the_converted_head(rule, causal, gen):
-    from glocal.analysis.metrics import positions_1d
     from glocal.convert import converted_probs
+    from glocal.hooks import positions_1d
 
     q, k, v = (torch.randn(3, 2, 19, 8, generator=gen, dtype=torch.float64) for _ in range(3))
     valid = torch.ones(3, 19, dtype=torch.bool)
     valid[1, 12:] = False
     valid[2, :5] = False
     pos = positions_1d(valid)
-    p = converted_probs(q, k, pos, pos, rule, 0.3, causal)
+    p = converted_probs(_heads_last(q), _heads_last(k), pos, pos, rule, 0.3, causal)
     rows = valid[:, None, :, None]
     assert torch.allclose((p @ v) * rows, _brute(q, k, v, rule, 0.3, causal, valid), atol=1e-9)
     assert torch.allclose(p.sum(-1)[rows[..., 0].expand(3, 2, 19)], torch.ones(()).double())
     assert (p * ~valid[:, None, None, :]).abs().max() == 0  # no probability on padding
 
 
-def test_local_attention_gradients_flow(gen):
-    q, k, v = (torch.randn(1, 2, 12, 4, generator=gen, requires_grad=True) for _ in range(3))
-    local_attention(q, k, v, Hybrid(3, (0, -1), 4), 0.5).sum().backward()
-    assert all(t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0 for t in (q, k, v))
+@pytest.mark.parametrize("rule,causal", [(Hybrid(3, (0, -1), 4), False), (Local(4, (0, -1)), True)])
+def test_converted_attention_gradients_match_the_brute_force(rule, causal, gen):
+    # The brute force is differentiable (autograd through its loop), so it is the gradients' reference.
+    q, k, v = (torch.randn(2, 2, 12, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, 9:] = False
+    weight = torch.randn(2, 2, 12, 4, generator=gen, dtype=torch.float64) * valid[:, None, :, None]
+    grads = []
+    for fn in (lambda *x: _heads_last(converted_attention(*map(_heads_last, x), rule, 0.5, causal, valid)),
+               lambda *x: _brute(*x, rule, 0.5, causal, valid)):
+        xs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        (fn(*xs) * weight).sum().backward()
+        grads.append([t.grad for t in xs])
+    for got, want in zip(*grads):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
 # --- MiniLM (real weights, offline) ----------------------------------------------------------------

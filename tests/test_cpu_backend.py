@@ -15,10 +15,12 @@ import re
 
 import pytest
 import torch
-from conftest import sweep_size
+from conftest import backend_run, sweep_size
 from torch.autograd import gradcheck
 
-from glocal.backends import cpu, reference
+from glocal import backends, config
+from glocal.backends.cpu import neighborhood as cpu
+from glocal.backends.reference import neighborhood as reference
 from glocal.spec import AttentionSpec, make_neighborhood_spec
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 2e-2, torch.float16: 1e-2}
@@ -26,14 +28,15 @@ PATHS = ["compiled", "pytorch"]
 
 
 @pytest.fixture(autouse=True)
-def nan_fill(monkeypatch):
-    monkeypatch.setattr(cpu, "_nan_fill", True)
+def nan_fill():
+    with config.nan_poisoning(True):
+        yield
 
 
 def use_path(path):
     if path == "compiled" and cpu.kernels() is None:
         pytest.skip(f"compiled kernels unavailable here: {cpu.describe()}")
-    return cpu.compiled_kernels(path == "compiled")
+    return config.cpu_kernels(path == "compiled")
 
 
 def random_config(rng: random.Random) -> dict:
@@ -79,7 +82,7 @@ def make_inputs(cfg: dict, gen: torch.Generator):
 def outputs_and_grads(module, spec, scale, inputs, gen_seed):
     """(out, lse, *grads of every input) of one backend, for a fixed random upstream gradient."""
     leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
-    out, lse = module.run(spec, *leaves[:3], scale, leaves[3], leaves[4])
+    out, lse = backend_run(module, spec, *leaves[:3], scale, leaves[3], leaves[4])
     g = torch.Generator().manual_seed(gen_seed)
     g_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
     g_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
@@ -159,8 +162,8 @@ def test_gradcheck_float64(path, spatial, options, gen):
     ak = torch.randn(1, 2, 1, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     av = torch.randn(1, 2, 1, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     with use_path(path):
-        assert gradcheck(lambda *x: cpu.run(spec, *x[:3], 0.8, None, None), (q, k, v))
-        assert gradcheck(lambda *x: cpu.run(spec, *x[:3], 0.8, x[3], x[4]), (q, k, v, ak, av))
+        assert gradcheck(lambda *x: backend_run(cpu, spec, *x[:3], 0.8, None, None), (q, k, v))
+        assert gradcheck(lambda *x: backend_run(cpu, spec, *x[:3], 0.8, x[3], x[4]), (q, k, v, ak, av))
 
 
 def test_paths_agree_float32(gen):
@@ -168,19 +171,19 @@ def test_paths_agree_float32(gen):
         pytest.skip(f"compiled kernels unavailable here: {cpu.describe()}")
     spec = make_neighborhood_spec((10, 11), (5, 3), (2, 1), (1, 3), (False, True))
     q, k, v = (torch.randn(2, 10, 11, 4, 32, generator=gen) for _ in range(3))
-    with cpu.compiled_kernels(True):
-        a = cpu.run(spec, q, k, v, 0.2)
-    with cpu.compiled_kernels(False):
-        b = cpu.run(spec, q, k, v, 0.2)
+    with config.cpu_kernels(True):
+        a = backend_run(cpu, spec, q, k, v, 0.2)
+    with config.cpu_kernels(False):
+        b = backend_run(cpu, spec, q, k, v, 0.2)
     for x, y in zip(a, b):
         assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)
 
 
 def test_describe_names_the_active_path():
-    with cpu.compiled_kernels(False):
+    with config.cpu_kernels(False):
         assert "pure-PyTorch" in cpu.describe() and "disabled" in cpu.describe()
     if cpu.kernels() is not None:
-        with cpu.compiled_kernels(True):
+        with config.cpu_kernels(True):
             assert "compiled" in cpu.describe()
 
 
@@ -190,7 +193,7 @@ def test_build_failure_falls_back_to_pytorch(monkeypatch, gen):
     assert cpu.describe() == "cpu: pure-PyTorch path (compiled kernels build failed: RuntimeError: no compiler)"
     spec = make_neighborhood_spec((6, 7), 3, 1, (2, 1), (False, True))
     q, k, v = (torch.randn(1, 6, 7, 2, 16, generator=gen) for _ in range(3))
-    got, want = cpu.run(spec, q, k, v, 0.25), reference.run(spec, q, k, v, 0.25)
+    got, want = backend_run(cpu, spec, q, k, v, 0.25), backend_run(reference, spec, q, k, v, 0.25)
     assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-5)
 
 
@@ -209,9 +212,12 @@ def test_refuses_integer_dtype():
 
 
 def test_refuses_dense_attention():
+    # The cpu backend has no dense-attention path: dense attention on CPU tensors goes to the reference.
     q = torch.zeros(1, 4, 1, 8)
-    reasons = cpu.can_run(AttentionSpec(4, 4, False), {"q": q, "k": q, "v": q})
-    assert reasons == ["cpu runs neighborhood attention only; dense attention goes to the reference backend"]
+    assert backends.load("cpu", "dense") is None
+    with pytest.raises(RuntimeError, match="backend 'cpu' cannot run this problem: cpu does not implement AttentionSpec"):
+        backends.choose_backend(AttentionSpec(4, 4, False), {"q": q, "k": q, "v": q}, "cpu")
+    assert backends.choose_backend(AttentionSpec(4, 4, False), {"q": q, "k": q, "v": q}).NAME == "reference"
 
 
 def test_bench_quick_json(tmp_path, capsys):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glocal.backends import flex, reference
+from conftest import backend_run
+
+from glocal.backends import flex
+from glocal.backends.reference import dense as reference
 from glocal.spec import AttentionSpec, make_neighborhood_spec
 
 pytestmark = pytest.mark.skipif(flex._flex_module() is None, reason="this torch has no flex_attention")
@@ -35,8 +38,8 @@ def test_matches_reference(gen, spatial, kernel_size, stride, dilation, causal, 
     ak = torch.randn(2, extra, hkv, 16, generator=gen) if extra else None
     av = torch.randn(2, extra, hkv, 32, generator=gen) if extra else None
     with torch.no_grad():
-        out, lse = flex.run(spec, q, k, v, 0.3, ak, av)
-    ref_out, ref_lse = reference.run(spec, q.double(), k.double(), v.double(), 0.3,
+        out, lse = backend_run(flex, spec, q, k, v, 0.3, ak, av)
+    ref_out, ref_lse = backend_run(reference, spec, q.double(), k.double(), v.double(), 0.3,
                                      None if ak is None else ak.double(), None if av is None else av.double())
     assert out.shape == ref_out.shape and out.dtype == q.dtype
     assert lse.shape == ref_lse.shape and lse.dtype == torch.float32
@@ -50,8 +53,8 @@ def test_dense_causal_cross_attention(gen):
     k = torch.randn(1, 10, 2, 16, generator=gen)
     v = torch.randn(1, 10, 2, 16, generator=gen)
     with torch.no_grad():
-        out, lse = flex.run(spec, q, k, v, 0.25)
-    ref_out, ref_lse = reference.run(spec, q, k, v, 0.25)
+        out, lse = backend_run(flex, spec, q, k, v, 0.25)
+    ref_out, ref_lse = backend_run(reference, spec, q, k, v, 0.25)
     assert (out - ref_out).abs().max().item() <= 1e-5
     assert (lse - ref_lse).abs().max().item() <= 1e-5
 

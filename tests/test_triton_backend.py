@@ -1,8 +1,9 @@
 """Triton backend vs the float64 reference, on CPU tensors through Triton's interpreter.
 
 The kernels run with ``TRITON_INTERPRET=1`` (set by the ``interpret`` fixture
-before the kernel module is first imported) and ``GLOCAL_POISON=1`` (every
-buffer a kernel writes starts as NaN, so an element no program writes fails).
+before the kernel module is first imported) and NaN poisoning on
+(``glocal.config.nan_poisoning``: every buffer a kernel writes starts as NaN,
+so an element no program writes fails).
 Tiles are small so that small grids still have several query and key tiles,
 full (unmasked) tiles and padded edges. Each case compares the output, the lse
 and the gradients of q, k, v (and of the extra keys/values) for a loss that
@@ -21,9 +22,11 @@ import time
 
 import pytest
 import torch
-from conftest import sweep_size
+from conftest import backend_run, sweep_size
 
-from glocal.backends import choose_backend, reference
+from glocal import config
+from glocal.backends import choose_backend
+from glocal.backends.reference import neighborhood as reference
 from glocal.spec import AttentionSpec, make_neighborhood_spec
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -41,7 +44,6 @@ def interpret():
     """Run the kernels through the interpreter, with NaN-poisoned outputs; yields the ops module."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TRITON_INTERPRET", "1")
-    mp.setenv("GLOCAL_POISON", "1")
     from triton.runtime.interpreter import InterpretedFunction
 
     from glocal.backends.triton import kernels, ops
@@ -50,7 +52,8 @@ def interpret():
         # triton decorates its own library for the interpreter only when imported with the variable set.
         pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it on "
                     "machines without a GPU)")
-    yield ops
+    with config.nan_poisoning(True):
+        yield ops
     mp.undo()
 
 
@@ -78,7 +81,7 @@ def _compare(ops, spec, batch=1, hq=2, hkv=2, d_qk=16, d_v=16, extra=0, dtype=to
         grads = torch.autograd.grad((out.float() * gout).sum() + (lse * glse).sum(), inputs)
     ref_in = [x.detach().double().requires_grad_() for x in inputs]
     r_extra = (ref_in[3], ref_in[4]) if extra else (None, None)
-    rout, rlse = reference.run(spec, *ref_in[:3], scale, *r_extra)
+    rout, rlse = backend_run(reference, spec, *ref_in[:3], scale, *r_extra)
     rgrads = torch.autograd.grad((rout * gout.double()).sum() + (rlse * glse.double()).sum(), ref_in)
     tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}[dtype]
     assert out.dtype == dtype and out.shape == rout.shape
@@ -189,7 +192,7 @@ def test_random_problems_long(interpret, seed):
 
 
 def test_dispatch_picks_triton_for_cpu_tensors_under_interpreter(interpret):
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
     spec = make_neighborhood_spec((8,), 3)
     q = torch.randn(1, 8, 2, 16)
@@ -206,7 +209,7 @@ def _tensors(q, k=None, v=None):
 
 
 def test_refuses_cpu_tensors_without_interpreter(monkeypatch):
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16)))
@@ -214,15 +217,15 @@ def test_refuses_cpu_tensors_without_interpreter(monkeypatch):
 
 
 def test_refuses_when_triton_missing(monkeypatch):
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
-    monkeypatch.setattr(backend, "_triton_installed", lambda: False)
+    monkeypatch.setattr(backend, "triton_installed", lambda: False)
     reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16)))
     assert reasons == ["triton is not installed: pip install glocal[triton]"]
 
 
 def test_refuses_bfloat16_in_the_interpreter(monkeypatch):
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16).bfloat16()))
@@ -231,7 +234,7 @@ def test_refuses_bfloat16_in_the_interpreter(monkeypatch):
 
 
 def test_refuses_float64(monkeypatch):
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, 16, dtype=torch.float64)))
@@ -240,7 +243,7 @@ def test_refuses_float64(monkeypatch):
 
 @pytest.mark.parametrize("width", [12, 264])
 def test_refuses_head_dims(monkeypatch, width):
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     reasons = backend.can_run(make_neighborhood_spec((8,), 3), _tensors(torch.randn(1, 8, 2, width)))
@@ -248,7 +251,7 @@ def test_refuses_head_dims(monkeypatch, width):
 
 
 def test_refuses_dense_attention_spec():
-    from glocal.backends import triton as backend
+    from glocal.backends.triton import neighborhood as backend
 
     reasons = backend.can_run(AttentionSpec(8, 8, False), _tensors(torch.randn(1, 8, 2, 16)))
     assert reasons == ["triton implements neighborhood attention only, not AttentionSpec"]

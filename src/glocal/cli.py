@@ -21,19 +21,22 @@ def _info(args) -> int:
     print("devices: " + ", ".join(devices))
     probe_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     spec = make_neighborhood_spec((16, 16), kernel_size=3)
-    print("backends (priority order), for a float32 2-D problem on each device:")
+    print("backends (priority order), for a float32 2-D neighborhood problem on each device:")
     for name in backends.BACKENDS:
-        module = backends.load(name)
-        if module is None:
+        package = backends.load(name)
+        if package is None:
             print(f"  {name:10s} not in this build")
             continue
+        module = backends.load(name, spec.family)
         for device in probe_devices:
             q = torch.zeros(1, 16, 16, 1, 32, device=device)
             tensors = {"q": q, "k": q, "v": q, "additional_keys": None, "additional_values": None}
-            reasons = module.can_run(spec, tensors)
+            reasons = module.can_run(spec, tensors) if module is not None else [f"{name} has no neighborhood path"]
             status = "can run" if not reasons else "cannot run: " + "; ".join(reasons)
             print(f"  {name:10s} {device:5s} {status}")
-        describe = getattr(module, "describe", None)
+        families = [f for f in backends.PRIORITY if backends.load(name, f) is not None]
+        print(f"  {'':10s} families: {', '.join(families)}")
+        describe = getattr(package, "describe", None)
         if describe is not None:
             print(f"  {'':10s} {describe()}")
     return 0
@@ -44,7 +47,7 @@ def _info(args) -> int:
 SUBCOMMANDS = {
     "bench": "glocal.bench.command",
     "inspect": "glocal.analysis.command",
-    "convert": "glocal.integrations.command",
+    "convert": "glocal.convert.command",
     "sim": "glocal.sim.command",
 }
 

@@ -1,16 +1,23 @@
-"""Index predicates in FlexAttention's ``mask_mod`` style, and dense masks.
+"""Which keys a query attends: index predicates (``mask_mod`` style), dense masks, windows, pooling, pair counts.
 
 A mask_mod is ``fn(b, h, q_idx, kv_idx) -> bool tensor``: True where query
 ``q_idx`` attends key ``kv_idx``. Tokens of a grid are numbered in row-major
 order (the last spatial axis fastest), as ``q.flatten(1, -3)`` numbers them.
 The predicates use only integer arithmetic and comparisons, so they broadcast
 over index tensors and work as-is inside ``torch.nn.attention.flex_attention``.
+
+Every rule here is written once and used by the references, the backends, analysis and
+conversion: the window of DESIGN.md §1 (:func:`glocal.spec.axis_window`, also on float
+coordinates through :func:`in_window`), block mean-pooling (:func:`pool_tokens`) and the count of
+attended pairs (:func:`attended_pairs`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from . import checks
 from .spec import AttentionSpec, NeighborhoodSpec, axis_window
 
 
@@ -85,12 +92,25 @@ def or_masks(*mask_mods):
 
 
 def mask_mod_for(spec):
-    """The mask_mod of a spec (neighborhood or dense attention); None means no mask."""
+    """The mask_mod of a spec; None means no mask (every key attended).
+
+    Neighborhood and dense attention have theirs here; any other spec that has a ``mask_mod()``
+    method describes its own key sets with it (that is what makes a new family observable by
+    ``glocal.analysis.capture``).
+    """
     if isinstance(spec, NeighborhoodSpec):
         return neighborhood_mask_mod(spec)
     if isinstance(spec, AttentionSpec):
         return causal_mask_mod(spec.q_len, spec.kv_len) if spec.is_causal else None
-    raise TypeError(f"mask_mod_for takes a NeighborhoodSpec or AttentionSpec; got {type(spec).__name__}.")
+    if callable(getattr(spec, "mask_mod", None)):
+        return spec.mask_mod()
+    raise TypeError(f"mask_mod_for takes a spec with a mask_mod() method, a NeighborhoodSpec or AttentionSpec; "
+                    f"got {type(spec).__name__}.")
+
+
+def has_mask(spec) -> bool:
+    """Whether :func:`mask_mod_for` can describe ``spec``'s key sets (a softmax over a known key set)."""
+    return isinstance(spec, (NeighborhoodSpec, AttentionSpec)) or callable(getattr(spec, "mask_mod", None))
 
 
 def dense_mask(spec, shape: tuple[int, int] | None = None, device=None) -> torch.Tensor:
@@ -111,10 +131,66 @@ def dense_mask(spec, shape: tuple[int, int] | None = None, device=None) -> torch
         shape = (spec.q_len, spec.kv_len)
     elif shape is None:
         raise ValueError("dense_mask of a mask_mod needs shape=(N_q, N_kv); pass the query and key counts.")
-    mask_mod = spec if callable(spec) and not isinstance(spec, (NeighborhoodSpec, AttentionSpec)) else mask_mod_for(spec)
+    mask_mod = mask_mod_for(spec) if has_mask(spec) else spec
     if mask_mod is None:
         return torch.ones(shape, dtype=torch.bool, device=device)
     q_idx = torch.arange(shape[0], device=device)[:, None]
     kv_idx = torch.arange(shape[1], device=device)[None, :]
     zero = torch.zeros((), dtype=torch.long, device=device)
     return torch.broadcast_to(mask_mod(zero, zero, q_idx, kv_idx), shape).clone()
+
+
+def in_window(q_coord: torch.Tensor, k_coord: torch.Tensor, extent: torch.Tensor, window: int, causal: bool):
+    """Whether each key lies in each query's window (DESIGN.md §1 with stride 1, dilation 1), on float coordinates.
+
+    Shapes: q_coord [B, Q, n], k_coord [B, K, n], extent [B, n] (axis lengths) -> [B, Q, K] bool.
+    Per axis the window of ``window`` keys follows :func:`glocal.spec.axis_window`: centred and
+    shifted inward at the borders, or (causal) the keys ending at the query; a window longer
+    than the axis covers the whole axis. Off-grid tokens (NaN coordinates) are never inside.
+    Used by analysis (locality) and conversion (which keys a converted head sees).
+    """
+    q = q_coord[:, :, None, :]
+    k = k_coord[:, None, :, :]
+    length = extent[:, None, None, :]
+    _, lo, hi = axis_window(q, length, length.clamp(max=window), 1, 1, causal)
+    inside = (k >= lo) & (k < hi) & ~torch.isnan(q) & ~torch.isnan(k)
+    return inside.all(-1)
+
+
+def attended_pairs(spec: NeighborhoodSpec) -> int:
+    """Attended (query, key) pairs of a neighborhood problem: windows are per-axis products, so the
+    total is the product of per-axis sums of window lengths (exact, causal axes included).
+
+    Example:
+        >>> from glocal.spec import make_neighborhood_spec
+        >>> attended_pairs(make_neighborhood_spec((5,), kernel_size=3))
+        15
+    """
+    total = 1
+    for i in range(spec.ndim):
+        length, k, s, d, causal = spec.axis(i)
+        _, lo, hi = axis_window(torch.arange(length), length, k, s, d, causal)
+        total *= int((hi - lo).sum())
+    return total
+
+
+def pool_tokens(x: torch.Tensor, factors) -> torch.Tensor:
+    """Average-pool a heads-last grid by ``factors`` per axis; a partial window at the end averages what it holds.
+
+    Shapes: x: [B, *spatial, H, D] -> [B, *ceil(spatial / factors), H, D]. The blocks of a 1-D
+    sequence of ``g`` tokens are ``pool_tokens(x, g)``.
+
+    Example:
+        >>> import torch
+        >>> pool_tokens(torch.randn(1, 10, 7, 2, 8), (4, 2)).shape
+        torch.Size([1, 3, 4, 2, 8])
+    """
+    ndim = x.dim() - 3
+    factors = checks.reduction(factors, ndim)
+    batch, heads, dim = x.shape[0], x.shape[-2], x.shape[-1]
+    # avg_pool wants channels first; with padding 0 and ceil_mode, a window past the end is
+    # clipped and divided by the elements it covers (no zeros counted).
+    channels = x.movedim((-2, -1), (1, 2)).reshape(batch, heads * dim, *x.shape[1:-2])
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[ndim - 1]
+    pooled = pool(channels, factors, factors, ceil_mode=True)
+    return pooled.reshape(batch, heads, dim, *pooled.shape[2:]).movedim((1, 2), (-2, -1))

@@ -1,13 +1,22 @@
-"""Frozen problem specs and argument normalisation.
+"""Frozen problem specs, one per op family, and argument normalisation.
 
-A spec holds everything about a problem except the tensors: the grid shape and
-the per-axis kernel size, stride, dilation and causal flag (DESIGN.md §1).
-Backends receive a spec, never raw user arguments.
+A spec holds everything about a problem except the tensors and the softmax scale: for
+neighborhood attention the grid shape and the per-axis kernel size, stride, dilation and causal
+flag (DESIGN.md §1). Each spec class names its ``family``: the key of
+``glocal.backends.PRIORITY`` and the module name of each backend's implementation
+(``glocal/backends/<backend>/<family>.py``). Backends receive a spec, never raw user arguments;
+specs are hashable, so backends cache plans and masks by them.
+
+Example:
+    >>> from glocal.spec import LinearSpec
+    >>> LinearSpec(feature_map="elu1", is_causal=True).family
+    'linear'
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,6 +34,8 @@ class NeighborhoodSpec:
         >>> spec.kernel_size
         (3, 3)
     """
+
+    family: ClassVar[str] = "neighborhood"
 
     spatial: tuple[int, ...]
     kernel_size: tuple[int, ...]
@@ -64,9 +75,51 @@ class AttentionSpec:
     sees key ``j`` iff ``j <= i + (T_kv - T_q)``.
     """
 
+    family: ClassVar[str] = "dense"
+
     q_len: int
     kv_len: int
     is_causal: bool
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """Exact merge of attention results over disjoint key sets by their log-sum-exps (no options)."""
+
+    family: ClassVar[str] = "merge"
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """Kernelised linear attention (glocal.linear_attention and its decoding step).
+
+    ``feature_map`` is a name of ``FEATURE_MAPS`` or a callable; ``denominator_min`` None divides
+    exactly (0 where the denominator is 0), a number clamps the denominator from below (L2ViT).
+    """
+
+    family: ClassVar[str] = "linear"
+
+    feature_map: Any = "elu1"
+    is_causal: bool = False
+    normalize: bool = True
+    chunk_size: int = 64
+    denominator_min: float | None = None
+
+
+@dataclass(frozen=True)
+class InlineSpec:
+    """InLine (injective linear) attention over flattened grids, non-causal."""
+
+    family: ClassVar[str] = "inline"
+
+    feature_map: Any = "identity"
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Channel ("transposed") attention: a D x D softmax per head over the channels (no options)."""
+
+    family: ClassVar[str] = "channel"
 
 
 def make_neighborhood_spec(spatial, kernel_size, stride=1, dilation=1, is_causal=False) -> NeighborhoodSpec:

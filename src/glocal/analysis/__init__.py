@@ -10,7 +10,8 @@ Example:
     ['local', 'local']
 """
 
-from .capture import AttentionCall, Recorder, capture
+from . import capture  # the module, callable as capture(model, ...)
+from .capture import AttentionCall, Recorder
 from .report import Report
 from .steering import BoostRecent, RedistributeSinks, ReinforceHeads, ScaleKeys, ScoreMod, steer
 

@@ -8,7 +8,8 @@ Three interception points, chosen per model:
   original implementation still computes the output.
 - Any other PyTorch model: ``torch.nn.functional.scaled_dot_product_attention`` is patched inside the
   context (timm ViTs, ``nn.MultiheadAttention`` fast paths, hand-written modules).
-- glocal's own ops (``glocal.na1d``, ``glocal.attention``, …): backend dispatch is wrapped, so the
+- glocal's own ops (``glocal.na1d``, ``glocal.attention``, …, every family whose key sets its spec
+  describes): ``choose_backend`` hands each call to the observers of :mod:`glocal.hooks`, so the
   neighborhood mask and extra keys of each call are known.
 
 Probabilities are recomputed from q, k, the mask and the scale (never from the kernel's output), in
@@ -34,82 +35,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import threading
-from dataclasses import dataclass
+import sys
+import types
 
 import torch
 
+from .. import checks, hooks
+from ..hooks import AttentionCall, op_call, positions_from_mask, sdpa_call  # noqa: F401  (documented names)
+from ..integrations import transformers as hf
 from . import metrics
-
-_state = threading.local()
-
-
-@dataclass
-class AttentionCall:
-    """One attention call, normalised.
-
-    q: [B, H, T_q, D]; k: [B, H, T_k, D]; v: [B, H, T_k, D_v] (kv heads already repeated for GQA);
-    allowed: bool broadcastable to [B, H, T_q, T_k] or None; bias: additive float, same, or None;
-    causal: apply a bottom-right aligned causal mask; q_pos/k_pos: :class:`metrics.Positions`;
-    replaced: heads whose attention the model replaces (a converted model, :mod:`glocal.convert`), as
-    ``(heads, fn)`` pairs with ``fn(start, stop)`` giving those heads' probabilities
-    [B, len(heads), stop-start, T_k], so that recordings see the attention the model runs.
-    """
-
-    layer: int
-    name: str
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    scale: float
-    allowed: torch.Tensor | None
-    bias: torch.Tensor | None
-    causal: bool
-    q_pos: metrics.Positions
-    k_pos: metrics.Positions
-    replaced: list | None = None
-
-    def scores(self, start: int, stop: int) -> torch.Tensor:
-        """Masked scores of queries ``start:stop``: [B, H, stop-start, T_k] float32 (float64 for float64)."""
-        compute = torch.float64 if self.q.dtype == torch.float64 else torch.float32
-        s = torch.einsum("bhqd,bhkd->bhqk", self.q[:, :, start:stop].to(compute), self.k.to(compute)) * self.scale
-        if self.bias is not None:
-            s = s + self._rows(self.bias, start, stop).to(compute)
-        if self.allowed is not None:
-            s = s.masked_fill(~self._rows(self.allowed, start, stop), -float("inf"))
-        if self.causal:
-            tq, tk = self.q.shape[2], self.k.shape[2]
-            qi = torch.arange(start, stop, device=s.device)[:, None] + (tk - tq)
-            s = s.masked_fill(torch.arange(tk, device=s.device)[None, :] > qi, -float("inf"))
-        return s
-
-    def probs(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        from ..backends.reference import softmax_with_lse
-
-        stop = self.q.shape[2] if stop is None else stop
-        p = softmax_with_lse(self.scores(start, stop))[0]
-        for heads, fn in self.replaced or ():
-            p[:, heads] = fn(start, stop).to(p.dtype)
-        return p
-
-    @staticmethod
-    def _rows(mask, start, stop):
-        return mask[:, :, start:stop] if mask.shape[2] > 1 else mask
-
-
-def positions_from_mask(allowed, batch, tq, tk, device):
-    """1-D positions of keys and queries from a mask broadcastable to [B, H, T_q, T_k].
-
-    A key is valid when some query may see it; queries of a self-attention call share the keys'
-    positions, other queries are aligned to the last keys (decoding with a cache).
-    """
-    if allowed is None:
-        valid = torch.ones(batch, tk, dtype=torch.bool, device=device)
-    else:
-        valid = allowed.any(dim=2).any(dim=1).expand(batch, tk)
-    k_pos = metrics.positions_1d(valid)
-    q_pos = k_pos if tq == tk else k_pos.rows(tk - tq, tk)
-    return q_pos, k_pos
+from .report import Report
 
 
 class Recorder:
@@ -117,8 +52,6 @@ class Recorder:
 
     def __init__(self, model, streaming=False, window=None, waad_clip=None, block=None, keep_maps=True,
                  grid=None, prefix_tokens=0):
-        from .. import checks
-
         checks.capture_args(streaming, window, block)
         self.model = model
         self.streaming = streaming
@@ -212,9 +145,6 @@ class Recorder:
         theirs at capture time and only accept that one. waad_clip: W of the windowed average
         attention distance (default window // 2). ``classify`` keywords go to the head classifier.
         """
-        from .. import checks
-        from .report import Report
-
         window = checks.report_window(window, self.window, self.streaming)
         clip = waad_clip if waad_clip is not None else (self.waad_clip or max(window // 2, 1))
         if self.streaming:
@@ -274,170 +204,35 @@ def capture(model=None, streaming: bool = False, window: int | None = None, waad
 
 
 # ---------------------------------------------------------------------------------------------------
-# Interception: one context manager installs the hooks a model needs and routes normalised calls to a
-# handler. A handler returns None (observe) or an output [B, T_q, H, D_v] that replaces the call's result.
+# Interception: one context manager installs the observers a model needs (glocal.hooks) and routes
+# normalised calls to a handler. A handler returns None (observe) or an output [B, T_q, H, D_v] that
+# replaces the call's result.
 
 
 def is_hf_model(model) -> bool:
-    config = getattr(model, "config", None)
-    return config is not None and hasattr(config, "_attn_implementation")
+    return hf.is_hf_model(model)
 
 
 @contextlib.contextmanager
 def intercept(model, handler, on_forward=None):
     """Route every attention call of ``model`` (and of glocal ops) to ``handler(call)`` inside the block."""
     with contextlib.ExitStack() as stack:
-        if model is not None and is_hf_model(model):
-            from ..integrations import transformers as hf
-
+        if model is not None and hf.is_hf_model(model):
             stack.enter_context(hf.attach_handler(model, handler))
         else:
-            stack.enter_context(_patch_sdpa(handler))
-        stack.enter_context(_patch_glocal(handler))
+            stack.enter_context(hooks.observe_sdpa(handler))
+        stack.enter_context(hooks.observe_ops(handler))
         if on_forward is not None and model is not None:
             hook = model.register_forward_pre_hook(lambda *_: on_forward())
             stack.callback(hook.remove)
         yield
 
 
-def busy() -> bool:
-    """True while a handler is running (nested attention calls are then not intercepted again)."""
-    return getattr(_state, "busy", 0) > 0
+class _CaptureModule(types.ModuleType):
+    """``glocal.analysis.capture`` is this module and, called, :func:`capture`."""
+
+    def __call__(self, *args, **kwargs):
+        return capture(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def _busy():
-    _state.busy = getattr(_state, "busy", 0) + 1
-    try:
-        yield
-    finally:
-        _state.busy -= 1
-
-
-def dispatch(handlers, call):
-    """Run handlers on a call; returns the last non-None output ([B, T_q, H, D_v]) or None."""
-    out = None
-    with _busy():
-        for handler in list(handlers):
-            result = handler(call)
-            if result is not None:
-                out = result
-    return out
-
-
-_sdpa_handlers: list = []
-_glocal_handlers: list = []
-_originals: dict = {}
-
-
-@contextlib.contextmanager
-def _patched(owner, attr: str, key: str, wrapper, handlers: list, handler):
-    """Replace ``owner.attr`` by ``wrapper`` while any handler is registered; nested captures share one patch."""
-    if not handlers:
-        _originals[key] = getattr(owner, attr)
-        setattr(owner, attr, wrapper)
-    handlers.append(handler)
-    try:
-        yield
-    finally:
-        handlers.remove(handler)
-        if not handlers:
-            setattr(owner, attr, _originals.pop(key))
-
-
-def _patch_sdpa(handler):
-    import torch.nn.functional as F
-
-    return _patched(F, "scaled_dot_product_attention", "sdpa", _sdpa_wrapper, _sdpa_handlers, handler)
-
-
-def _sdpa_wrapper(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                  enable_gqa=False, **kwargs):
-    original = _originals["sdpa"]
-    if busy() or query.dim() != 4:
-        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                        scale=scale, enable_gqa=enable_gqa, **kwargs)
-    call = sdpa_call(query, key, value, attn_mask, is_causal, scale, layer=-1, name="")
-    out = dispatch(_sdpa_handlers, call)
-    if out is not None:
-        return out.transpose(1, 2).to(query.dtype)
-    return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                    scale=scale, enable_gqa=enable_gqa, **kwargs)
-
-
-def sdpa_call(query, key, value, attn_mask, is_causal, scale, layer, name) -> AttentionCall:
-    """An :class:`AttentionCall` from SDPA-style arguments (q/k/v: [B, H, T, D], mask bool or additive)."""
-    batch, heads, tq, d = query.shape
-    groups = heads // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    allowed = bias = None
-    if attn_mask is not None:
-        mask = attn_mask
-        while mask.dim() < 4:
-            mask = mask[None]
-        if mask.dtype == torch.bool:
-            allowed = mask
-        else:
-            bias = mask
-            allowed = mask > torch.finfo(mask.dtype).min / 2
-    scale = d ** -0.5 if scale is None else float(scale)
-    q_pos, k_pos = positions_from_mask(allowed, batch, tq, k.shape[2], query.device)
-    return AttentionCall(layer, name, query, k, v, scale, allowed, bias, bool(is_causal), q_pos, k_pos)
-
-
-def _patch_glocal(handler):
-    from .. import functional
-
-    return _patched(functional, "choose_backend", "choose", _choose_wrapper, _glocal_handlers, handler)
-
-
-class _ObservedBackend:
-    """Wraps the chosen backend: hands each call to the handlers, then runs (or replaces) it."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.NAME = backend.NAME
-
-    def run(self, spec, q, k, v, scale, additional_keys=None, additional_values=None):
-        if busy():
-            return self.backend.run(spec, q, k, v, scale, additional_keys, additional_values)
-        call = glocal_call(spec, q, k, v, scale, additional_keys, additional_values)
-        out = dispatch(_glocal_handlers, call)
-        if out is None:
-            return self.backend.run(spec, q, k, v, scale, additional_keys, additional_values)
-        # A steering handler replaced the output; the lse is that of the unmodified scores.
-        lse = torch.logsumexp(torch.cat([call.scores(0, call.q.shape[2])], -1), -1)
-        lse = lse.permute(0, 2, 1).reshape(q.shape[:-1])
-        return out.reshape(*q.shape[:-1], v.shape[-1]).to(q.dtype), lse.float() if q.dtype != torch.float64 else lse
-
-
-def _choose_wrapper(spec, tensors, name=None):
-    return _ObservedBackend(_originals["choose"](spec, tensors, name))
-
-
-def glocal_call(spec, q, k, v, scale, additional_keys, additional_values) -> AttentionCall:
-    """An :class:`AttentionCall` from a glocal backend call (heads-last tensors, spec's mask, extra keys)."""
-    from ..masks import dense_mask
-    from ..spec import AttentionSpec
-
-    batch, hq, hkv = q.shape[0], q.shape[-2], k.shape[-2]
-    qf = q.reshape(batch, -1, hq, q.shape[-1]).transpose(1, 2)
-    kf = k.reshape(batch, -1, hkv, k.shape[-1])
-    vf = v.reshape(batch, -1, hkv, v.shape[-1])
-    allowed = dense_mask(spec, device=q.device)
-    extra = 0
-    if additional_keys is not None:
-        extra = additional_keys.shape[1]
-        kf = torch.cat([kf, additional_keys], 1)
-        vf = torch.cat([vf, additional_values], 1)
-        allowed = torch.cat([allowed, torch.ones(allowed.shape[0], extra, dtype=torch.bool, device=q.device)], 1)
-    kf = kf.transpose(1, 2).repeat_interleave(hq // hkv, dim=1)
-    vf = vf.transpose(1, 2).repeat_interleave(hq // hkv, dim=1)
-    if isinstance(spec, AttentionSpec):
-        q_pos, k_pos = positions_from_mask(None, batch, qf.shape[2], kf.shape[2], q.device)
-    else:
-        grid = tuple(spec.spatial)
-        q_pos = metrics.positions_grid(batch, grid, device=q.device)
-        k_pos = metrics.positions_grid(batch, grid, suffix=extra, device=q.device)
-    return AttentionCall(-1, "", qf, kf, vf, float(scale), allowed[None, None], None, False, q_pos, k_pos)
+sys.modules[__name__].__class__ = _CaptureModule

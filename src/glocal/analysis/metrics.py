@@ -31,78 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-@dataclass
-class Positions:
-    """Where the tokens of one call sit. ``rank``: [B, T] (-1 = padding); ``coord``: [B, T, n] (NaN = off-grid);
-    ``extent``: [B, n] (grid/valid length per axis); ``length``: [B] number of valid tokens."""
-
-    rank: torch.Tensor
-    coord: torch.Tensor
-    extent: torch.Tensor
-    length: torch.Tensor
-
-    def rows(self, start: int, stop: int) -> "Positions":
-        return Positions(self.rank[:, start:stop], self.coord[:, start:stop], self.extent, self.length)
-
-
-def positions_1d(valid: torch.Tensor) -> Positions:
-    """Positions of a text batch from its validity mask ``valid: [B, T]`` (True = real token).
-
-    The rank counts real tokens only, so left- and right-padded batches give the same positions.
-    """
-    valid = valid.bool()
-    rank = torch.cumsum(valid.long(), dim=1) - 1
-    rank = torch.where(valid, rank, torch.full_like(rank, -1))
-    coord = torch.where(valid, rank, torch.zeros_like(rank)).double()
-    coord = torch.where(valid, coord, torch.full_like(coord, float("nan")))[..., None]
-    length = valid.sum(1)
-    return Positions(rank, coord, length[:, None].double(), length)
-
-
-def positions_grid(batch: int, grid: tuple, prefix: int = 0, suffix: int = 0, device=None) -> Positions:
-    """Positions of ``prefix`` off-grid tokens, then a row-major ``grid``, then ``suffix`` off-grid tokens."""
-    n = 1
-    for g in grid:
-        n *= g
-    idx = torch.arange(n, device=device)
-    coords = []
-    for axis in range(len(grid)):
-        stride = 1
-        for g in grid[axis + 1:]:
-            stride *= g
-        coords.append((idx // stride) % grid[axis])
-    on_grid = torch.stack(coords, -1).double()
-    off = torch.full((prefix, len(grid)), float("nan"), dtype=torch.float64, device=device)
-    after = torch.full((suffix, len(grid)), float("nan"), dtype=torch.float64, device=device)
-    coord = torch.cat([off, on_grid, after], 0)[None].expand(batch, -1, -1)
-    total = prefix + n + suffix
-    rank = torch.arange(total, device=device)[None].expand(batch, -1)
-    extent = torch.tensor(grid, dtype=torch.float64, device=device)[None].expand(batch, -1)
-    return Positions(rank, coord, extent, torch.full((batch,), total, device=device))
-
-
-def in_window(q_coord: torch.Tensor, k_coord: torch.Tensor, extent: torch.Tensor, window: int, causal: bool):
-    """Whether each key lies in each query's neighborhood window (DESIGN.md §1, stride 1, dilation 1).
-
-    q_coord: [B, Q, n], k_coord: [B, K, n], extent: [B, n] → [B, Q, K] bool. Non-causal: the window of
-    ``window`` keys per axis is centred on the query and shifted inward at the borders; causal (1-D):
-    the ``window`` keys ending at the query. A window longer than the axis covers the whole axis.
-    Off-grid tokens (NaN coordinates) are never inside.
-    """
-    q = q_coord[:, :, None, :]
-    k = k_coord[:, None, :, :]
-    ext = extent[:, None, None, :]
-    if causal:
-        inside = (k <= q) & (k > q - window)
-    else:
-        left = window // 2
-        right = window - 1 - left
-        # clamp(x, left, L-1-right) written without tensor bounds; a window longer than L keeps all keys.
-        ctr = torch.minimum(torch.maximum(q, torch.full_like(q, float(left))), ext - 1 - right)
-        inside = ((k >= ctr - left) & (k <= ctr + right)) | (ext <= window)
-    inside = inside & ~torch.isnan(q) & ~torch.isnan(k)
-    return inside.all(-1)
+# Token positions belong to the attention-call protocol, the window rule to masks; both are
+# re-exported here under their old names.
+from ..hooks import Positions, positions_1d, positions_grid  # noqa: F401
+from ..masks import in_window
 
 
 @dataclass

@@ -23,6 +23,8 @@ import json
 
 import torch
 
+from . import plots
+
 SCALARS = ("mean_distance", "waad", "entropy", "locality", "locality_with_sinks", "first_token_mass",
            "last_token_mass")
 
@@ -108,8 +110,6 @@ class Report:
 
     def plot(self, directory, heads=None) -> list[str]:
         """Write heatmaps.png, layers.png, head_classes.png and sinks.png into ``directory``; returns the paths."""
-        from . import plots
-
         return plots.plot_report(self, directory, heads)
 
     def __repr__(self):

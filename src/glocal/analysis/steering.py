@@ -36,6 +36,8 @@ import contextlib
 import torch
 
 from .. import checks
+from ..numerics import masked_softmax
+from .capture import intercept
 
 
 def _heads_of(heads, layer: int, count: int) -> list[int]:
@@ -152,8 +154,6 @@ class Steerer:
         self.counter = 0
 
     def __call__(self, call):
-        from ..backends.reference import softmax_with_lse
-
         if call.layer < 0:
             call.layer = self.counter
             self.counter += 1
@@ -166,7 +166,7 @@ class Steerer:
         for rule, hs in active:
             if rule.stage == "scores":
                 scores[:, hs] = rule.apply(scores[:, hs], call)
-        probs = softmax_with_lse(scores)[0]
+        probs = masked_softmax(scores)[0]
         for rule, hs in active:
             if rule.stage == "probs":
                 probs[:, hs] = rule.apply(probs[:, hs], call)
@@ -190,8 +190,6 @@ def steer(model=None, *rules):
         >>> torch.allclose(out[:, :, 1], 2 * glocal.attention(q, k, v)[:, :, 1], atol=1e-5)
         True
     """
-    from .capture import intercept
-
     for rule in rules:
         if not isinstance(rule, Rule):
             raise TypeError(

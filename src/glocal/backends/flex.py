@@ -16,8 +16,8 @@ Tokens are flattened row-major (last spatial axis fastest), so the BlockMask
 is FlexAttention's 128x128 block grid over that order. Extra keys/values are
 appended after the grid's tokens and attended by every query (an or-ed
 mask_mod), so they share the one softmax. On CUDA ``flex_attention`` runs compiled
-(``torch.compile``) when ``COMPILE`` is True (the default; the environment
-variable ``GLOCAL_FLEX_COMPILE=0`` turns it off). On the CPU it runs inference
+(``torch.compile``) unless ``glocal.config.flex_compile(False)`` is in scope (the default
+comes from ``GLOCAL_FLEX_COMPILE``; ``0`` turns it off). On the CPU it runs inference
 only and uncompiled (eager flex is a dense implementation, O(N^2) memory),
 since compiled flex on the CPU cannot return lse.
 """
@@ -25,16 +25,16 @@ since compiled flex on the CPU cannot return lse.
 from __future__ import annotations
 
 import collections
-import os
 
 import torch
 
+from .. import config
 from ..masks import mask_mod_for, or_masks
 from ..spec import AttentionSpec, NeighborhoodSpec
 
 NAME = "flex"
+FAMILIES = ("neighborhood", "dense")
 
-COMPILE = os.environ.get("GLOCAL_FLEX_COMPILE", "1") != "0"
 _CACHE_SIZE = 32
 _block_masks: collections.OrderedDict = collections.OrderedDict()
 _compiled = {}
@@ -55,7 +55,7 @@ def can_run(spec, tensors: dict) -> list[str]:
     if _flex_module() is None:
         return [f"torch {torch.__version__} has no torch.nn.attention.flex_attention (needs torch >= 2.5)"]
     reasons = []
-    q, k, v = tensors["q"], tensors["k"], tensors["v"]
+    q, v = tensors["q"], tensors["v"]
     named = [(n, tensors.get(n)) for n in ("q", "k", "v", "additional_keys", "additional_values")]
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(x is not None and x.requires_grad for _, x in named):
         reasons.append("flex runs on the CPU for inference only (an input requires grad); "
@@ -113,15 +113,17 @@ def block_mask(spec, n_q: int, n_kv: int, n_extra: int, device):
 def _attention_fn(device):
     fa = _flex_module()
     # Compiled flex on the CPU cannot return lse (torch 2.11-2.13), so the CPU runs it eagerly.
-    if not COMPILE or device.type != "cuda":
+    if not config.flex_compile_enabled() or device.type != "cuda":
         return fa.flex_attention
     if "fn" not in _compiled:
         _compiled["fn"] = torch.compile(fa.flex_attention, dynamic=False)
     return _compiled["fn"]
 
 
-def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=None):
+def run(spec, tensors: dict, scale: float):
     """``(out [B, *spatial, H_q, D_v], lse [B, *spatial, H_q] float32)``."""
+    q, k, v = tensors["q"], tensors["k"], tensors["v"]
+    additional_keys, additional_values = tensors.get("additional_keys"), tensors.get("additional_values")
     batch, hq, hkv = q.shape[0], q.shape[-2], k.shape[-2]
     qt = q.reshape(batch, -1, hq, q.shape[-1]).transpose(1, 2)
     kt = k.reshape(batch, -1, hkv, k.shape[-1]).transpose(1, 2)
@@ -143,5 +145,5 @@ def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=Non
 def describe() -> str:
     if _flex_module() is None:
         return f"flex: unavailable (torch {torch.__version__} has no flex_attention)"
-    mode = "compiled on CUDA" if COMPILE else "eager"
+    mode = "compiled on CUDA" if config.flex_compile_enabled() else "eager"
     return f"flex: torch.nn.attention.flex_attention ({mode}; eager, inference only, on the CPU), cached BlockMask"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..linear import linear_attention, linear_attention_step
+from ..ops import linear_attention, linear_attention_step
 from .timing import matmul_gflops, median_ms, peak_cpu_bytes
 
 HEADS, HEAD_DIM = 4, 64

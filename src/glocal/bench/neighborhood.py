@@ -28,8 +28,16 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 
 import torch
+import torch.nn.functional as F
+
+from ..backends.cpu import neighborhood as cpu
+from ..masks import attended_pairs, neighborhood_mask_mod
+from ..ops import neighborhood_attention
+from ..spec import make_neighborhood_spec
+from .timing import interleaved_ms, matmul_gflops, peak_cpu_bytes
 
 DEFAULT_CONFIGS = [
     "2d:64x64,k7",
@@ -44,7 +52,14 @@ SCALING_SIDES = [32, 64, 128, 256]
 # Dense and Flex baselines above this many tokens would take minutes (dense is O(N²)); skipped unless raised.
 DENSE_MAX_TOKENS = 16384
 
-from .command import FIELDS  # noqa: E402  (one list of row keys, kept with the CLI)
+# The keys of every row (--json), in table order.
+FIELDS = [
+    "config", "spatial", "kernel_size", "stride", "dilation", "is_causal", "batch", "heads", "head_dim",
+    "tokens", "dtype", "glocal_path", "glocal_ms", "dense_ms", "speedup_vs_dense", "flex_ms", "flex_compile_s",
+    "speedup_vs_flex", "natten_ms", "speedup_vs_natten", "glocal_bwd_ms", "dense_bwd_ms",
+    "speedup_bwd_vs_dense", "flex_bwd_ms", "useful_gflop", "floor_ms", "floor_fraction", "floor_bwd_ms",
+    "floor_bwd_fraction", "matmul_gflops", "peak_extra_bytes", "qkvo_bytes", "peak_vs_qkvo",
+]
 
 
 def parse_config(text: str) -> dict:
@@ -81,31 +96,14 @@ def parse_config(text: str) -> dict:
             cfg[key] = values[0] if key in ("heads", "batch") else values
         else:
             raise ValueError(f"config {text!r}: unknown item {item!r}; use k, s, d, h, dim, b, causal=.")
-    from ..spec import make_neighborhood_spec
-
     cfg["spec"] = make_neighborhood_spec(spatial, cfg["kernel_size"], cfg["stride"], cfg["dilation"],
                                          cfg["is_causal"])
     return cfg
 
 
-def attended_pairs(spec) -> int:
-    """Attended (query, key) pairs: windows are per-axis products, so the total is a product of per-axis sums."""
-    from ..backends.cpu import _plan
-
-    plan = _plan(spec)
-    total = 1
-    for _, count in plan.qk:
-        total *= int(count.sum())
-    return total
-
-
 def _flex_callable(cfg, q):
     """Compiled FlexAttention with the neighborhood block mask, and its one-off cost in seconds."""
-    import time
-
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from ..masks import neighborhood_mask_mod
 
     n = cfg["spec"].num_tokens
     # Each config is a new graph; without a reset, dynamo's recompile limit (8) silently
@@ -128,35 +126,9 @@ def _natten_fn():
     return nf
 
 
-def interleaved_ms(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median milliseconds of each callable, timed in turns (a, b, c, a, b, c, ...).
-
-    On a shared machine the load drifts within seconds; taking turns makes every
-    implementation see the same load, so their ratios hold even when the times do not.
-    """
-    import statistics
-    import time
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def run_config(cfg: dict, dtype: torch.dtype, repeats: int, backward: bool,
                dense_max_tokens: int = DENSE_MAX_TOKENS, flex: bool = True) -> dict:
     """Time one config; returns a row with every key of FIELDS (None where a baseline did not run)."""
-    import torch.nn.functional as F
-
-    import glocal
-    from ..backends import cpu
-    from .timing import matmul_gflops, peak_cpu_bytes
 
     spec, heads, dim, batch = cfg["spec"], cfg["heads"], cfg["head_dim"], cfg["batch"]
     gen = torch.Generator().manual_seed(0)
@@ -170,7 +142,7 @@ def run_config(cfg: dict, dtype: torch.dtype, repeats: int, backward: bool,
                glocal_path=cpu.active_path())
 
     def glocal_fwd():
-        return glocal.neighborhood_attention(q, k, v, spec.kernel_size, spec.stride, spec.dilation, spec.is_causal,
+        return neighborhood_attention(q, k, v, spec.kernel_size, spec.stride, spec.dilation, spec.is_causal,
                                             backend="cpu")
 
     forward = {"glocal": glocal_fwd}
@@ -224,7 +196,7 @@ def run_config(cfg: dict, dtype: torch.dtype, repeats: int, backward: bool,
         dense_grad = grad.flatten(1, -3).transpose(1, 2).contiguous()
 
         def glocal_fb():
-            out = glocal.neighborhood_attention(*leaves, spec.kernel_size, spec.stride, spec.dilation,
+            out = neighborhood_attention(*leaves, spec.kernel_size, spec.stride, spec.dilation,
                                                spec.is_causal, backend="cpu")
             torch.autograd.grad(out, leaves, grad)
 

@@ -66,3 +66,21 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * 1024 ** 3 / best / 1e9
+
+
+def interleaved_ms(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median milliseconds of each callable, timed in turns (a, b, c, a, b, c, ...).
+
+    On a shared machine the load drifts within seconds; taking turns makes every
+    implementation see the same load, so their ratios hold even when the times do not.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}

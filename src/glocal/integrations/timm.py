@@ -30,6 +30,12 @@ import types
 import torch
 import torch.nn.functional as F
 
+from .. import checks, hooks
+from ..masks import dense_mask
+from ..numerics import masked_softmax
+from ..ops import na2d
+from ..spec import make_neighborhood_spec
+
 
 def _blocks(model):
     blocks = getattr(model, "blocks", None)
@@ -48,13 +54,11 @@ def heads_per_layer(model) -> list[int]:
 
 
 def convert(model, by_layer: dict) -> None:
-    from ..convert import Hybrid
-
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
     prefix = int(getattr(model, "num_prefix_tokens", 0))
     for layer, rules in by_layer.items():
         for head, rule in rules.items():
-            if isinstance(rule, Hybrid) or rule.sinks:
+            if getattr(rule, "global_branch", None) is not None or rule.sinks:
                 raise ValueError(
                     f"vision transformers convert to Local(window) with no sinks: the class/register tokens are "
                     f"already attended by every patch; got {rule} for (layer, head) = {(layer, head)}. "
@@ -107,9 +111,6 @@ def _forward(self, x, attn_mask=None, is_causal=False):
 
 def _allowed(grid, prefix: int, window: int, device) -> torch.Tensor:
     """[N, N] bool: the keys a converted head lets each token see (prefix rows keep full attention)."""
-    from ..masks import dense_mask
-    from ..spec import make_neighborhood_spec
-
     n = prefix + grid[0] * grid[1]
     allowed = torch.ones(n, n, dtype=torch.bool, device=device)
     kernel = (min(window, grid[0]), min(window, grid[1]))
@@ -120,28 +121,22 @@ def _allowed(grid, prefix: int, window: int, device) -> torch.Tensor:
 def _recorded(q, k, v, scale, grid, prefix: int, groups: dict):
     """Inside a capture: hand the layer to the recorders as one call whose converted heads carry their
     neighborhood probabilities, and keep the SDPA and glocal calls that compute it out of the recording."""
-    from ..analysis.capture import _busy, _sdpa_handlers, busy, dispatch, sdpa_call
-    from ..backends.reference import softmax_with_lse
-    from ..checks import steering_converted_layer
-
-    if not _sdpa_handlers or busy():
+    handlers = hooks.sdpa_observers()
+    if not handlers:
         return contextlib.nullcontext()
-    call = sdpa_call(q, k, v, None, False, scale, layer=-1, name="")
+    call = hooks.sdpa_call(q, k, v, None, False, scale, layer=-1, name="")
 
     def probs_of(hs, allowed):
-        return lambda start, stop: softmax_with_lse(
-            call.scores(start, stop)[:, hs].masked_fill(~allowed[start:stop], -float("inf")))[0]
+        return lambda start, stop: masked_softmax(call.scores(start, stop)[:, hs], allowed[start:stop])[0]
 
     call.replaced = [(hs, probs_of(hs, _allowed(grid, prefix, window, q.device))) for window, hs in groups.items()]
-    steering_converted_layer(dispatch(_sdpa_handlers, call) is not None, call.layer,
-                             sorted(h for hs in groups.values() for h in hs))
-    return _busy()
+    checks.steering_converted_layer(hooks.dispatch(handlers, call) is not None, call.layer,
+                                    sorted(h for hs in groups.values() for h in hs))
+    return hooks.handling()
 
 
 def _converted(self, q, k, v, grid, prefix: int, groups: dict) -> torch.Tensor:
     """All heads' outputs [B, H, N, D]: SDPA, then the converted heads' neighborhood attention over them."""
-    from .. import functional
-
     batch = q.shape[0]
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
     out = out.clone()
@@ -151,7 +146,7 @@ def _converted(self, q, k, v, grid, prefix: int, groups: dict) -> torch.Tensor:
         extra_k = k[:, hs, :prefix].transpose(1, 2) if prefix else None
         extra_v = v[:, hs, :prefix].transpose(1, 2) if prefix else None
         kernel = (min(window, grid[0]), min(window, grid[1]))
-        o = functional.na2d(to_grid(q), to_grid(k), to_grid(v), kernel_size=kernel, scale=self.scale,
+        o = na2d(to_grid(q), to_grid(k), to_grid(v), kernel_size=kernel, scale=self.scale,
                             additional_keys=extra_k, additional_values=extra_v)
         out[:, hs, prefix:] = o.reshape(batch, grid[0] * grid[1], len(hs), -1).transpose(1, 2).to(out.dtype)
     return out

@@ -7,7 +7,9 @@ mask and the scale. glocal registers one function, ``"glocal_<original>"``, in `
 format) and switches the model to it with ``set_attn_implementation``. The function hands each call to
 capture/steering handlers, runs converted heads with glocal's ops, and calls the original implementation
 for everything else, so a model with no plan and no handler computes exactly what it did before. Removing
-the last hook switches the model back to its original implementation.
+the last hook switches the model back to its original implementation. Calls reach handlers through
+:mod:`glocal.hooks`; converted heads run the rule objects' own methods (``rule.attend``, ``rule.probs``,
+``rule.mask``: :mod:`glocal.convert.rules`), so this module imports neither analysis nor convert.
 
 Attention layers are the modules whose ``forward`` looks up ``ALL_ATTENTION_FUNCTIONS``, numbered in
 ``model.named_modules()`` order (for BERT: ``encoder.layer.<i>.attention.self``).
@@ -29,9 +31,17 @@ import sys
 
 import torch
 
+from .. import checks, hooks
+from ..numerics import dense_attention
 from . import require
 
 PREFIX = "glocal_"
+
+
+def is_hf_model(model) -> bool:
+    """Whether ``model`` looks like a Hugging Face transformers model (a config with an attention implementation)."""
+    config = getattr(model, "config", None)
+    return config is not None and hasattr(config, "_attn_implementation")
 
 
 def _transformers():
@@ -153,8 +163,6 @@ def _original_function(module, state):
 
 
 def _glocal_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    from ..analysis.capture import busy, dispatch, sdpa_call
-
     state = getattr(module, "_glocal_state", None)
     if state is None:  # a module of another model sharing the registered name: behave like sdpa
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -164,7 +172,7 @@ def _glocal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     original = _original_function(module, state)
     layer = module._glocal_layer
     rules = state.plan.get(layer)
-    if (not state.handlers and not rules) or busy():
+    if (not state.handlers and not rules) or hooks.busy():
         return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     is_causal = kwargs.get("is_causal")
     module_causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
@@ -176,16 +184,13 @@ def _glocal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
             f"glocal reads boolean or additive attention masks; got {type(attention_mask).__name__} from "
             f"attn_implementation={state.original!r}. Load the model with attn_implementation='sdpa' or 'eager'."
         )
-    call = sdpa_call(query, key, value, mask, causal_flag, scale, layer, module._glocal_name)
+    call = hooks.sdpa_call(query, key, value, mask, causal_flag, scale, layer, module._glocal_name)
     if rules:
         call.replaced = _replaced_heads(call, rules, module_causal)
-    out = dispatch(state.handlers, call) if state.handlers else None
+    out = hooks.dispatch(state.handlers, call) if state.handlers else None
     if rules:
-        from ..analysis.capture import _busy
-        from ..checks import steering_converted_layer
-
-        steering_converted_layer(out is not None, layer, sorted(rules))
-        with _busy():
+        checks.steering_converted_layer(out is not None, layer, sorted(rules))
+        with hooks.handling():
             out = _converted(call, rules, module_causal)
     if out is None:
         return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -202,39 +207,31 @@ def _rule_groups(rules: dict) -> dict:
 
 def _replaced_heads(call, rules: dict, causal: bool) -> list:
     """The converted heads' probabilities for recordings (``AttentionCall.replaced``)."""
-    from ..convert import converted_probs
 
     def probs_of(heads, rule):
-        return lambda start, stop: converted_probs(call.q[:, heads, start:stop], call.k[:, heads],
-                                                   call.q_pos.rows(start, stop), call.k_pos, rule, call.scale,
-                                                   causal)
+        return lambda start, stop: rule.probs(call.q[:, heads, start:stop].transpose(1, 2),
+                                              call.k[:, heads].transpose(1, 2), call.q_pos.rows(start, stop),
+                                              call.k_pos, call.scale, causal)
 
     return [(hs, probs_of(hs, rule)) for rule, hs in _rule_groups(rules).items()]
 
 
 def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
-    """Run a layer with some heads converted. Returns [B, T_q, H, D_v]."""
-    from ..convert import Hybrid, local_attention, local_mask
-
-    q, k, v = call.q, call.k, call.v
-    batch, heads, tq, _ = q.shape
+    """Run a layer with some heads converted. Returns [B, T_q, H, D_v] (heads-last from here on)."""
+    q, k, v = call.q.transpose(1, 2), call.k.transpose(1, 2), call.v.transpose(1, 2)
+    batch, tq, heads, _ = q.shape
     out = q.new_zeros(batch, tq, heads, v.shape[-1])
     full = [h for h in range(heads) if h not in rules]
     if full:
         out[:, :, full] = _full(call, full).transpose(1, 2)
     valid = call.k_pos.rank >= 0
     for rule, hs in _rule_groups(rules).items():
-        if tq == k.shape[2]:
-            o = local_attention(q[:, hs], k[:, hs], v[:, hs], rule, call.scale, causal, valid)
+        if tq == k.shape[1]:
+            o = rule.attend(q[:, :, hs], k[:, :, hs], v[:, :, hs], call.scale, causal, valid)
         else:
-            if isinstance(rule, Hybrid):
-                raise ValueError(
-                    f"Hybrid heads run on whole sequences; got a call with {tq} queries and {k.shape[2]} keys "
-                    f"(a decoding step with a cache). Use Local rules for decoders that generate with a cache."
-                )
-            allowed = local_mask(call.q_pos, call.k_pos, rule, causal)[:, None]
-            o = _dense(q[:, hs], k[:, hs], v[:, hs], call.scale, allowed)
-        out[:, :, hs] = o.transpose(1, 2).to(out.dtype)
+            allowed = rule.mask(call.q_pos, call.k_pos, causal)[:, None]
+            o, _ = dense_attention(q[:, :, hs].float(), k[:, :, hs], v[:, :, hs], call.scale, allowed)
+        out[:, :, hs] = o.to(out.dtype)
     return out
 
 
@@ -247,11 +244,3 @@ def _full(call, heads) -> torch.Tensor:
     return torch.nn.functional.scaled_dot_product_attention(
         call.q[:, heads], call.k[:, heads], call.v[:, heads], attn_mask=mask, is_causal=call.causal,
         scale=call.scale)
-
-
-def _dense(q, k, v, scale, allowed):
-    from ..backends.reference import softmax_with_lse
-
-    s = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
-    p = softmax_with_lse(s.masked_fill(~allowed, -float("inf")))[0]
-    return torch.einsum("bhqk,bhkd->bhqd", p, v.float())

@@ -1,7 +1,7 @@
 """Attention modules: a qkv projection, one of glocal's ops, an output projection.
 
 Validation happens in ``__init__`` (arguments) and at the top of ``forward``
-(input shape); the op itself is called through ``glocal.functional``.
+(input shape); the op itself is called through ``glocal.ops``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import checks
-from ..functional import attention, neighborhood_attention
+from ..ops import attention, neighborhood_attention
 
 
 class _QKVModule(nn.Module):

@@ -12,16 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
-from ..functional import attention
-from ..global_attention import channel_attention, compressed_attention, global_token_attention
-from .attention import _QKVModule
-from ..linear import (
-    FEATURE_MAPS,
+from ..numerics import FEATURE_MAPS
+from ..ops import (
+    attention,
+    channel_attention,
+    compressed_attention,
+    global_token_attention,
     inline_attention,
     linear_attention,
     linear_attention_step,
     local_concentration_attention,
 )
+from .attention import _QKVModule
 
 
 class LinearAttention(_QKVModule):

@@ -6,9 +6,9 @@ length 1 with stride 0):
     o: [B, Z, Y, X, H_q, D_v]    lse, delta: [B, Z, Y, X, H_q] float32
 
 Example (through the backend, which launches these kernels):
-    >>> import torch, glocal                                       # doctest: +SKIP
-    >>> q = k = v = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.bfloat16)
-    >>> glocal.na2d(q, k, v, kernel_size=7, backend="triton").shape
+    >>> import torch, glocal  # doctest: +SKIP
+    >>> q = k = v = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
+    >>> glocal.na2d(q, k, v, kernel_size=7, backend="triton").shape  # doctest: +SKIP
     torch.Size([1, 32, 32, 2, 64])
 
 Tiling. Dilation is resolved by re-indexing: along an axis with dilation d,

@@ -5,13 +5,14 @@ Shapes:
     out: [B, *spatial, H_q, D_v]   lse: [B, *spatial, H_q] float32
 
 Example:
-    >>> import torch                                                # doctest: +SKIP
-    >>> from glocal.spec import make_neighborhood_spec
-    >>> q = k = v = torch.randn(1, 64, 64, 4, 64, device="cuda", dtype=torch.float16)
-    >>> out, lse = neighborhood(make_neighborhood_spec((64, 64), 7), q, k, v, 0.125)
+    >>> import torch  # doctest: +SKIP
+    >>> from glocal.spec import make_neighborhood_spec  # doctest: +SKIP
+    >>> q = k = v = torch.randn(1, 64, 64, 4, 64, device="cuda", dtype=torch.float16)  # doctest: +SKIP
+    >>> out, lse = neighborhood(make_neighborhood_spec((64, 64), 7), q, k, v, 0.125)  # doctest: +SKIP
 
-This module imports Triton at the top; the backend package imports it only
-inside ``run``, so ``import glocal`` never imports Triton.
+This module imports Triton at the top; the backend's family module imports it only
+inside ``run``, so ``import glocal`` never imports Triton. Tile shapes are scoped with
+``glocal.config.triton_tiles(...)`` (``tiles`` here is the same context manager).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 
 import torch
 
+from ...config import nan_poisoning_enabled, triton_tile_overrides, triton_tiles
+from ...numerics import merge_extra_tokens
 from ...spec import axis_window
 from . import kernels
 
@@ -55,23 +58,10 @@ _WIDE = {
             bwd_q=(2, 4, 4), fwd_warps=8, fwd_stages=2, dq_stages=1, dkdv_stages=1),
 }
 
-_override: dict = {}
-
-
-@contextlib.contextmanager
-def tiles(**options):
-    """Scope tile shapes / launch options (keys of ``_DEFAULTS``), e.g. ``tiles(fwd_q=(1, 4, 4))``.
-
-    Used by tests (small tiles exercise multi-tile paths on small grids) and by
-    the GPU benchmark to time variants in one run.
-    """
-    global _override
-    saved = _override
-    _override = {**saved, **options}
-    try:
-        yield
-    finally:
-        _override = saved
+# Scope tile shapes / launch options (keys of ``_DEFAULTS``), e.g. ``tiles(fwd_q=(1, 4, 4))``: used by
+# tests (small tiles exercise multi-tile paths on small grids) and by the GPU benchmark to time
+# variants in one run.
+tiles = triton_tiles
 
 
 def _halve(box):
@@ -93,7 +83,7 @@ def config(ndim: int, d_max: int, elem_bytes: int = 2) -> dict:
             cfg[name] = _halve(cfg[name])
         cfg.update(fwd_stages=min(cfg["fwd_stages"], 2), dq_stages=min(cfg["dq_stages"], 2),
                    dkdv_stages=min(cfg["dkdv_stages"], 2))
-    cfg.update(_override)
+    cfg.update(triton_tile_overrides())
     return cfg
 
 
@@ -192,8 +182,9 @@ def _launch_checks():
 
 
 def _alloc(shape, dtype, device):
-    # GLOCAL_POISON=1 fills kernel outputs with NaN so an element no program writes fails the tests.
-    if os.environ.get("GLOCAL_POISON") == "1":
+    # NaN poisoning (glocal.config.nan_poisoning; GLOCAL_POISON=1 sets it by default) fills kernel outputs with NaN
+    # so an element no program writes fails the tests.
+    if nan_poisoning_enabled():
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
@@ -370,6 +361,4 @@ def neighborhood(spec, q, k, v, scale: float, additional_keys=None, additional_v
     out, lse = _NeighborhoodFn.apply(q, k, v, spec, float(scale))
     if additional_keys is None:
         return out, lse
-    from ..reference import merge_extra_tokens
-
     return merge_extra_tokens(q, out, lse, additional_keys, additional_values, float(scale))

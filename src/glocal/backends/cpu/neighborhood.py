@@ -1,4 +1,4 @@
-"""CPU backend: neighborhood attention in O(N·K) time and memory, forward and backward.
+"""CPU neighborhood attention in O(N·K) time and memory, forward and backward.
 
 Shapes:
     q: [B, *spatial, H_q, D_qk]   k: [B, *spatial, H_kv, D_qk]   v: [B, *spatial, H_kv, D_v]
@@ -6,10 +6,10 @@ Shapes:
 
 Example:
     >>> import torch
-    >>> from glocal.backends import cpu
+    >>> from glocal.backends.cpu import neighborhood
     >>> from glocal.spec import make_neighborhood_spec
     >>> q = k = v = torch.randn(1, 16, 16, 2, 32)
-    >>> out, lse = cpu.run(make_neighborhood_spec((16, 16), 5), q, k, v, 32 ** -0.5)
+    >>> out, lse = neighborhood.run(make_neighborhood_spec((16, 16), 5), {"q": q, "k": k, "v": v}, 32 ** -0.5)
     >>> out.shape, lse.shape
     (torch.Size([1, 16, 16, 2, 32]), torch.Size([1, 16, 16, 2]))
 
@@ -29,7 +29,7 @@ the Cartesian product of per-axis runs, so:
 
 Three code paths, all exact, share the tables:
 
-- blocked compiled kernels (float32, head dims multiples of 16; ``cpu_kernels/
+- blocked compiled kernels (float32, head dims multiples of 16; ``kernels/
   neighborhood.cpp``, built on first use with ``torch.utils.cpp_extension``,
   parallel with ATen's thread pool). Tokens are addressed in dilation-group
   order (per axis: the members of group 0, then group 1, ...), where every
@@ -49,7 +49,7 @@ Three code paths, all exact, share the tables:
   query over its window with the head dim as a compile-time constant where it
   is 16/32/64/128; backward computes dq per query and dk/dv per key over the
   inverse windows, so no two threads write the same row;
-- pure PyTorch (when the build fails, or inside ``compiled_kernels(False)``):
+- pure PyTorch (when the build fails, or inside ``glocal.config.cpu_kernels(False)``):
   the same windows gathered for chunks of queries, batched matmuls, and the
   same recompute-from-lse backward with ``index_add_`` for dk/dv. Memory is
   bounded by the chunk size (about 32 MB of gathered rows).
@@ -65,34 +65,25 @@ their own precision; bfloat16 and float16 are computed in float32. Dense
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-import os
 from pathlib import Path
 
 import torch
 
-from ..spec import AttentionSpec, NeighborhoodSpec, axis_window
-from .reference import merge_extra_tokens
+from ... import config
+from ...numerics import compute_dtype, merge_extra_tokens
+from ...spec import NeighborhoodSpec, axis_window
 
 NAME = "cpu"
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_compiled_enabled = contextvars.ContextVar(
-    "glocal_cpu_compiled", default=os.environ.get("GLOCAL_CPU_KERNELS", "1") not in ("0", "false", "no"))
 _build = {"module": None, "error": None, "tried": False}
-# Tests set this: the compiled kernels then pre-fill their outputs with NaN, so an
-# element a kernel fails to write shows up (the pure path always pre-fills).
-_nan_fill = False
 
 
 def can_run(spec, tensors: dict) -> list[str]:
     reasons = []
-    if isinstance(spec, AttentionSpec):
-        reasons.append("cpu runs neighborhood attention only; dense attention goes to the reference backend")
-    elif not isinstance(spec, NeighborhoodSpec):
-        reasons.append(f"cpu does not implement {type(spec).__name__}")
+    if not isinstance(spec, NeighborhoodSpec):
+        reasons.append(f"cpu does not implement {type(spec).__name__} as neighborhood attention")
     for name, t in tensors.items():
         if t is None:
             continue
@@ -103,19 +94,6 @@ def can_run(spec, tensors: dict) -> list[str]:
     if q is not None and q.dtype not in _DTYPES:
         reasons.append(f"cpu takes float32, float64, bfloat16 or float16; got {q.dtype}")
     return reasons
-
-
-@contextlib.contextmanager
-def compiled_kernels(enabled: bool):
-    """Scope whether the compiled kernels are used (default: yes, unless ``GLOCAL_CPU_KERNELS=0``).
-
-    ``with compiled_kernels(False): ...`` runs the pure-PyTorch path, which gives the same results.
-    """
-    token = _compiled_enabled.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _compiled_enabled.reset(token)
 
 
 def _processor_tag() -> str:
@@ -139,7 +117,7 @@ def kernels():
         try:
             from torch.utils.cpp_extension import load
 
-            source = Path(__file__).parent / "cpu_kernels" / "neighborhood.cpp"
+            source = Path(__file__).parent / "kernels" / "neighborhood.cpp"
             _build["module"] = load(
                 # -march=native code must not be shared between processor models through the build cache.
                 name=f"glocal_cpu_neighborhood_{_processor_tag()}",
@@ -156,7 +134,7 @@ def kernels():
 
 def active_path() -> str:
     """``"compiled"`` or ``"pytorch"``: which implementation runs now (builds the kernels if needed)."""
-    if _compiled_enabled.get() and kernels() is not None:
+    if config.cpu_kernels_enabled() and kernels() is not None:
         return "compiled"
     return "pytorch"
 
@@ -165,7 +143,7 @@ def describe() -> str:
     path = active_path()
     if path == "compiled":
         return "cpu: compiled C++ kernels (torch.utils.cpp_extension, ATen thread pool)"
-    why = "disabled (GLOCAL_CPU_KERNELS=0 or compiled_kernels(False))" if not _compiled_enabled.get() \
+    why = "disabled (GLOCAL_CPU_KERNELS=0 or glocal.config.cpu_kernels(False))" if not config.cpu_kernels_enabled() \
         else f"build failed: {_build['error']}"
     return f"cpu: pure-PyTorch path (compiled kernels {why})"
 
@@ -347,11 +325,14 @@ class _NeighborhoodFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, plan, scale, compiled):
+        # With NaN poisoning (tests) the compiled kernels pre-fill their outputs with NaN, so an
+        # element a kernel fails to write shows up (the pure path always pre-fills).
+        nan_fill = ctx.nan_fill = config.nan_poisoning_enabled()
         if compiled and _blocked_ok(q, v):
             out, lse = kernels().forward_blocked(q, k, v, plan.ptab, plan.orig, plan.blocks, plan.lengths + plan.dilations[2:], scale,
-                                                 plan.qb, plan.rmax, plan.wmax, _nan_fill)
+                                                 plan.qb, plan.rmax, plan.wmax, nan_fill)
         elif compiled:
-            out, lse = kernels().forward(q, k, v, plan.tab, plan.geom, scale, plan.kmax, _nan_fill)
+            out, lse = kernels().forward(q, k, v, plan.tab, plan.geom, scale, plan.kmax, nan_fill)
         else:
             out, lse = _torch_forward(plan, q, k, v, scale)
         ctx.save_for_backward(q, k, v, out, lse)
@@ -364,29 +345,31 @@ class _NeighborhoodFunction(torch.autograd.Function):
         dout = dout.contiguous()
         # d lse / d s_ij = P_ij, so a gradient on lse shifts delta = rowsum(dO * O) by -dlse.
         delta = (dout * out).sum(-1) - dlse
-        plan = ctx.plan
+        plan, nan_fill = ctx.plan, ctx.nan_fill
         if ctx.compiled and _blocked_ok(q, v):
             dq, dk, dv = kernels().backward_blocked(q, k, v, dout, lse, delta.contiguous(), plan.ptab, plan.orig,
                                                     plan.blocks, plan.lengths + plan.dilations[2:], ctx.scale,
-                                                    plan.qb, plan.rmax, plan.wmax, _nan_fill)
+                                                    plan.qb, plan.rmax, plan.wmax, nan_fill)
         elif ctx.compiled:
             dq, dk, dv = kernels().backward(q, k, v, dout, lse, delta.contiguous(), ctx.plan.tab, ctx.plan.geom,
-                                            ctx.scale, ctx.plan.kmax, ctx.plan.qmax, _nan_fill)
+                                            ctx.scale, ctx.plan.kmax, ctx.plan.qmax, nan_fill)
         else:
             dq, dk, dv = _torch_backward(ctx.plan, q, k, v, dout, lse, delta, ctx.scale)
         return dq, dk, dv, None, None, None
 
 
-def run(spec, q, k, v, scale: float, additional_keys=None, additional_values=None):
-    """``q: [B, *spatial, H_q, D]`` → ``(out [B, *spatial, H_q, D_v], lse [B, *spatial, H_q])``."""
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+def run(spec, tensors: dict, scale: float):
+    """``tensors["q"]: [B, *spatial, H_q, D]`` → ``(out [B, *spatial, H_q, D_v], lse [B, *spatial, H_q])``."""
+    q, k, v = tensors["q"], tensors["k"], tensors["v"]
+    extra_k, extra_v = tensors.get("additional_keys"), tensors.get("additional_values")
+    compute = compute_dtype(q)
     # flatten, not reshape(batch, -1, ...): the token count must stay known when the batch is empty.
     qf = q.flatten(1, -3).to(compute).contiguous()
     kf = k.flatten(1, -3).to(compute).contiguous()
     vf = v.flatten(1, -3).to(compute).contiguous()
     compiled = active_path() == "compiled"
     out, lse = _NeighborhoodFunction.apply(qf, kf, vf, _plan(spec), float(scale), compiled)
-    if additional_keys is not None:
-        out, lse = merge_extra_tokens(qf, out, lse, additional_keys.to(compute), additional_values.to(compute), scale)
+    if extra_k is not None:
+        out, lse = merge_extra_tokens(qf, out, lse, extra_k.to(compute), extra_v.to(compute), scale)
     out = out.reshape(*q.shape[:-1], v.shape[-1]).to(q.dtype)
     return out, lse.reshape(q.shape[:-1])

@@ -16,6 +16,14 @@ import json
 import statistics
 import time
 
+from .. import backends
+from ..analysis import capture, samples
+from ..analysis.command import default_model_path, load, paragraphs
+from ..bench.timing import median_ms
+from .apply import convert, restore
+from .plan import mean_cosine, mean_pooled, plan_from_report
+from .rules import Hybrid
+
 HELP = "convert full-attention heads of a transformers model to local attention; report quality and speed"
 
 
@@ -46,8 +54,6 @@ def _is_causal_lm(path) -> bool:
 
 
 def plan_to_json(plan: dict) -> list:
-    from ..convert import Hybrid
-
     return [{"layer": l, "head": h, "kind": type(r).__name__, "window": r.window, "sinks": list(r.sinks),
              **({"global_branch": r.global_branch} if isinstance(r, Hybrid) else {})}
             for (l, h), r in sorted(plan.items())]
@@ -56,11 +62,6 @@ def plan_to_json(plan: dict) -> list:
 def main(args) -> int:
     import torch
     from tqdm import tqdm
-
-    from ..analysis import capture, samples
-    from ..analysis.command import default_model_path, load, paragraphs
-    from ..bench.timing import median_ms
-    from ..convert import convert, mean_cosine, mean_pooled, plan_from_report
 
     start = time.perf_counter()
     path = str(args.model or default_model_path())
@@ -97,7 +98,7 @@ def main(args) -> int:
         convert(model, plan)
         new_emb = mean_pooled(model, ev)
         new_logits = model(**ev).logits if causal_lm else None
-        convert.restore(model)
+        restore(model)
     cosine = mean_cosine(new_emb, ref_emb)
     agreement = None
     if causal_lm:
@@ -118,10 +119,8 @@ def main(args) -> int:
             base.append(median_ms(lambda: model(**long_inputs), repeats=1, warmup=1))
             convert(model, plan)
             conv.append(median_ms(lambda: model(**long_inputs), repeats=1, warmup=1))
-            convert.restore(model)
+            restore(model)
     base_ms, conv_ms = statistics.median(base), statistics.median(conv)
-    from .. import backends
-
     kinds = {}
     for rule in plan.values():
         kinds[type(rule).__name__ + f"({rule.window})"] = kinds.get(type(rule).__name__ + f"({rule.window})", 0) + 1
