@@ -515,3 +515,24 @@ def test_every_op_runs_on_the_reference_when_asked(name, gen, monkeypatch):
         scoped = fn(None)
     torch.testing.assert_close(named, default, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scoped, named, atol=0, rtol=0)
+
+
+def test_convert_and_capture_are_modules_that_can_be_called():
+    import importlib
+
+    import glocal.analysis.capture as capture_module
+    import glocal.convert as convert_module
+
+    assert convert_module is importlib.import_module("glocal.convert") is glocal.convert
+    assert capture_module is importlib.import_module("glocal.analysis.capture") is glocal.analysis.capture
+    for name in ("converted_probs", "converted_attention", "local_mask", "Local", "Hybrid", "restore",
+                 "plan_from_report", "mean_pooled", "mean_cosine", "validate_plan"):
+        assert hasattr(glocal.convert, name), name
+    for name in ("Recorder", "AttentionCall", "sdpa_call", "intercept", "capture"):
+        assert hasattr(glocal.analysis.capture, name), name
+    q = torch.randn(1, 10, 2, 8)
+    with glocal.analysis.capture(None) as rec:  # the module, called
+        glocal.na1d(q, q, q, 3)
+    assert isinstance(rec, capture_module.Recorder) and rec.maps[0][0].shape == (1, 2, 10, 10)
+    with pytest.raises(TypeError, match="glocal.convert handles Hugging Face"):
+        glocal.convert(torch.nn.Linear(2, 2), {})
