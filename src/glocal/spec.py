@@ -122,6 +122,60 @@ class ChannelSpec:
     family: ClassVar[str] = "channel"
 
 
+@dataclass(frozen=True)
+class BlockSparseSpec:
+    """Content-routed block attention (MoBA for sequences, VMoBA for grids).
+
+    Keys live on ``grid`` (``(T_kv,)`` for sequences, the spatial shape for N-D) and are cut into
+    boxes of ``block_shape`` (edge boxes partial). The routing itself is data: the op computes it
+    (``glocal.masks.block_selection``) and hands it to the backend as ``tensors["selection"]``, a
+    bool ``[B, H_q, T_q, n_blocks]``. Queries are the last ``q_len`` positions of the sequence
+    (bottom-right, as glocal.attention); ``is_causal`` applies to sequences only.
+    """
+
+    family: ClassVar[str] = "block_sparse"
+
+    grid: tuple[int, ...]
+    block_shape: tuple[int, ...]
+    q_len: int
+    is_causal: bool = True
+    top_k: int | None = None
+    threshold: float | None = None
+
+    @property
+    def blocks_per_axis(self) -> tuple[int, ...]:
+        return tuple(-(-length // b) for length, b in zip(self.grid, self.block_shape))
+
+    @property
+    def n_blocks(self) -> int:
+        n = 1
+        for count in self.blocks_per_axis:
+            n *= count
+        return n
+
+
+@dataclass(frozen=True)
+class RATSpec:
+    """RAT: a gated running average of keys and values inside chunks of ``chunk_size`` positions,
+    softmax attention over the final states of earlier chunks and the own running state."""
+
+    family: ClassVar[str] = "rat"
+
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class LocalLinearSpec:
+    """Parallax (``ridge=None``: the probe r is an input) or Local Linear Attention (``ridge`` a number:
+    r is solved per query) over a window of ``window_size`` keys (None: all keys)."""
+
+    family: ClassVar[str] = "local_linear"
+
+    window_size: int | None
+    is_causal: bool = True
+    ridge: float | None = None
+
+
 def make_neighborhood_spec(spatial, kernel_size, stride=1, dilation=1, is_causal=False) -> NeighborhoodSpec:
     """Normalise int-or-tuple arguments to per-axis tuples and validate them (DESIGN.md §1)."""
     spatial = tuple(int(x) for x in spatial)

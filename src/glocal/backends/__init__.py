@@ -52,6 +52,9 @@ PRIORITY = {
     "linear": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},
     "inline": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},
     "channel": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},
+    "block_sparse": {"cpu": ("cpu", "reference"), "cuda": ("triton", "cpu", "reference")},
+    "rat": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},
+    "local_linear": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},
 }
 
 

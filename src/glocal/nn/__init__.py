@@ -1,6 +1,8 @@
 """Attention layers on channels-last inputs ``[B, *spatial, dim]``."""
 
 from .attention import Attention, NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .local_linear import ParallaxAttention
+from .rat import RATAttention
 from .global_modules import (
     ChannelAttention,
     CompressedAttention,
@@ -21,4 +23,6 @@ __all__ = [
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
+    "ParallaxAttention",
+    "RATAttention",
 ]

@@ -1,0 +1,1 @@
+"""Checks of block_sparse attention (in progress)."""

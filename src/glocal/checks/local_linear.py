@@ -1,0 +1,1 @@
+"""Checks of local_linear attention (in progress)."""

@@ -1,0 +1,1 @@
+"""Checks of rat attention (in progress)."""

@@ -1,0 +1,7 @@
+"""Parallax attention layer. IN PROGRESS."""
+
+from torch import nn
+
+
+class ParallaxAttention(nn.Module):
+    pass
