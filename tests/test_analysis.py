@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 
 import glocal
-from glocal.analysis import (BoostRecent, RedistributeSinks, ReinforceHeads, ScaleKeys, ScoreMod, capture,
-                             metrics, steer)
+from glocal.analysis import (
+    BoostRecent,
+    RedistributeSinks,
+    ReinforceHeads,
+    ScaleKeys,
+    ScoreMod,
+    capture,
+    metrics,
+    steer,
+)
 from glocal.analysis.capture import Recorder, sdpa_call
 from glocal.masks import dense_mask
 from glocal.spec import make_neighborhood_spec

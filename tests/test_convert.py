@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 import glocal
 from glocal import convert
-from glocal.convert import Hybrid, Local, converted_attention, mean_cosine, mean_pooled, plan_from_report
+from glocal.convert import (
+    Hybrid,
+    Local,
+    converted_attention,
+    mean_cosine,
+    mean_pooled,
+    plan_from_report,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

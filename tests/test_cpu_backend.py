@@ -19,6 +19,7 @@ from conftest import backend_run, sweep_size
 from torch.autograd import gradcheck
 
 from glocal import backends, config
+from glocal.backends.cpu import build
 from glocal.backends.cpu import neighborhood as cpu
 from glocal.backends.reference import neighborhood as reference
 from glocal.spec import AttentionSpec, make_neighborhood_spec
@@ -188,7 +189,7 @@ def test_describe_names_the_active_path():
 
 
 def test_build_failure_falls_back_to_pytorch(monkeypatch, gen):
-    monkeypatch.setattr(cpu, "_build", {"module": None, "error": "RuntimeError: no compiler", "tried": True})
+    monkeypatch.setattr(build, "_build", {"module": None, "error": "RuntimeError: no compiler", "tried": True})
     assert cpu.active_path() == "pytorch"
     assert cpu.describe() == "cpu: pure-PyTorch path (compiled kernels build failed: RuntimeError: no compiler)"
     spec = make_neighborhood_spec((6, 7), 3, 1, (2, 1), (False, True))

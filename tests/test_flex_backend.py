@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import backend_run
 
 from glocal.backends import flex

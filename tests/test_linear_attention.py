@@ -9,10 +9,9 @@ import torch
 from conftest import sweep_size
 
 from glocal import checks
+from glocal import linear as la
 from glocal.bench.timing import peak_cpu_bytes
 from glocal.nn import global_modules as gm
-
-from glocal import linear as la
 
 F64 = torch.float64
 

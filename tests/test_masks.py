@@ -6,14 +6,21 @@ import functools
 import random
 import warnings
 
+import bruteforce
 import pytest
 import torch
 from conftest import sweep_size
 
-import bruteforce
 import glocal
-from glocal.masks import (and_masks, causal_mask_mod, dense_mask, grid_coords, mask_mod_for, neighborhood_mask_mod,
-                          or_masks)
+from glocal.masks import (
+    and_masks,
+    causal_mask_mod,
+    dense_mask,
+    grid_coords,
+    mask_mod_for,
+    neighborhood_mask_mod,
+    or_masks,
+)
 from glocal.spec import AttentionSpec, make_neighborhood_spec
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
+import bruteforce
 import pytest
 import torch
 from conftest import sweep_size
 
-import bruteforce
 import glocal
 
 SWEEP = sweep_size(300)

@@ -13,8 +13,8 @@ uses both the output and the lse.
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
+import json
 import os
 import random
 import sys

@@ -10,7 +10,9 @@ Example:
 from .backends.cpu.linear import BLOCK_TOKENS  # noqa: F401
 from .backends.reference.inline import inline_attention_reference  # noqa: F401
 from .backends.reference.linear import linear_attention_reference  # noqa: F401
-from .backends.reference.local_concentration import local_concentration_attention_reference  # noqa: F401
+from .backends.reference.local_concentration import (
+    local_concentration_attention_reference,  # noqa: F401
+)
 from .numerics import FEATURE_MAPS  # noqa: F401
 from .ops.linear import (  # noqa: F401
     INLINE_PATTERNS,

@@ -194,3 +194,163 @@ def pool_tokens(x: torch.Tensor, factors) -> torch.Tensor:
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[ndim - 1]
     pooled = pool(channels, factors, factors, ceil_mode=True)
     return pooled.reshape(batch, heads, dim, *pooled.shape[2:]).movedim((1, 2), (-2, -1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Block routing (MoBA for sequences, VMoBA for grids): block layout, block means, block selection.
+# The op computes the routing once with these and hands it to every backend as data; decoding caches
+# use the same functions, so there is one definition of which blocks a query attends.
+
+# Routing is computed in slices of queries so that its temporaries (gates, sort indices) stay near
+# this many elements, whatever T_q.
+_ROUTING_ELEMENTS = 1 << 20
+# With at most this many blocks to pick per query, top_k picks them by repeated argmax (exact: argmax
+# returns the first maximum, i.e. the lower block index on ties) instead of a full stable sort.
+_ARGMAX_PICKS = 8
+
+
+def block_layout(grid, block_shape, device=None) -> torch.Tensor:
+    """Block index of every token of ``grid`` cut into boxes of ``block_shape``: a ``[N]`` long tensor.
+
+    Tokens are numbered row-major (as ``x.flatten(1, -3)`` numbers them); a token at coordinate ``c``
+    is in the box ``c // block_shape`` (per axis), and boxes are numbered row-major over the box grid
+    ``ceil(grid / block_shape)``. Edge boxes are partial when a size does not divide its axis.
+
+    Example:
+        >>> block_layout((5,), (2,)).tolist()
+        [0, 0, 1, 1, 2]
+        >>> block_layout((2, 3), (1, 2)).tolist()
+        [0, 0, 1, 2, 2, 3]
+    """
+    grid = tuple(int(x) for x in grid)
+    n_tokens = 1
+    for length in grid:
+        n_tokens *= length
+    coords = grid_coords(torch.arange(n_tokens, device=device), grid)
+    index = torch.zeros(n_tokens, dtype=torch.long, device=device)
+    for c, length, b in zip(coords, grid, block_shape):
+        index = index * (-(-length // b)) + c // b
+    return index
+
+
+def query_blocks(grid, block_shape, q_len: int, device=None) -> torch.Tensor:
+    """The own block of each query: ``[q_len]`` long. Queries are the last ``q_len`` tokens of ``grid``.
+
+    For a sequence query i sits at position ``p_i = T_kv - q_len + i`` and its block is
+    ``p_i // block_size`` (computed for the queries only, so a decoding step costs O(q_len)).
+
+    Example:
+        >>> query_blocks((10,), (4,), 3).tolist()
+        [1, 2, 2]
+    """
+    if len(grid) == 1:
+        positions = torch.arange(grid[0] - q_len, grid[0], device=device)
+        return positions // block_shape[0]
+    layout = block_layout(grid, block_shape, device)
+    return layout[layout.shape[0] - q_len:]
+
+
+def block_means(k: torch.Tensor, block_shape) -> torch.Tensor:
+    """Mean key of every block: ``k [B, *grid, H_kv, D]`` -> ``[B, n_blocks, H_kv, D]``, blocks row-major.
+
+    A partial edge block averages the keys it holds (no padding counted). Computed in float32
+    (float64 for float64 keys) and detached: the routing is not differentiated.
+
+    Example:
+        >>> k = torch.arange(5.0).reshape(1, 5, 1, 1)
+        >>> block_means(k, (2,)).flatten().tolist()
+        [0.5, 2.5, 4.0]
+    """
+    compute = torch.float64 if k.dtype == torch.float64 else torch.float32
+    grid = tuple(k.shape[1:-2])
+    flat = k.detach().flatten(1, -3).to(compute)
+    layout = block_layout(grid, block_shape, k.device)
+    n_blocks = 1
+    for length, b in zip(grid, block_shape):
+        n_blocks *= -(-length // b)
+    sums = flat.new_zeros(k.shape[0], n_blocks, k.shape[-2], k.shape[-1]).index_add_(1, layout, flat)
+    counts = torch.bincount(layout, minlength=n_blocks).to(compute)
+    return sums / counts[:, None, None]
+
+
+def block_selection(q: torch.Tensor, means: torch.Tensor, own_block: torch.Tensor, is_causal: bool,
+                    top_k: int | None = None, threshold: float | None = None) -> torch.Tensor:
+    """Which key blocks each query attends (MoBA / VMoBA routing): a bool ``[B, H_q, T_q, n_blocks]``.
+
+    Shapes: q [B, T_q, H_q, D] (grids flattened), means [B, n_blocks, H_kv, D] (:func:`block_means`),
+    own_block [T_q] long (:func:`query_blocks`). Query head h reads kv head h // (H_q // H_kv).
+
+    The gate of a block is the unscaled dot product ``q . mean(k_block)``, computed in float32
+    (float64 for float64) and not differentiated. The eligible blocks of a query are every block
+    (``is_causal=False``) or its own block and the blocks before it (causal; never a later block).
+    The own block is always selected. Then exactly one of:
+
+    - ``top_k``: the own block plus the ``top_k - 1`` highest-gated other eligible blocks (all of
+      them if fewer exist); ties go to the lower block index.
+    - ``threshold=tau`` in [0, 1]: the gates over the eligible blocks are min-max normalised to
+      [0, 1] (all equal, e.g. one eligible block: every share equal) and divided by their sum (the
+      shares); the own block's share counts first, then the other eligible blocks are added in
+      descending gate order (ties: lower index) while the share accumulated so far is below tau.
+      tau = 0 keeps the own block only; tau = 1 keeps every eligible block.
+
+    Example:
+        >>> q = torch.ones(1, 4, 1, 2)
+        >>> means = torch.tensor([[[[1.0, 0]], [[3.0, 0]], [[2.0, 0]], [[0.0, 0]]]])
+        >>> own = torch.tensor([0, 1, 2, 3])
+        >>> block_selection(q, means, own, is_causal=True, top_k=2)[0, 0].int().tolist()
+        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 1, 0, 1]]
+    """
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    batch, tq, hq, dim = q.shape
+    n_blocks, hkv = means.shape[1], means.shape[2]
+    selection = torch.empty(batch, hq, tq, n_blocks, dtype=torch.bool, device=q.device)  # every slice is written
+    if selection.numel() == 0:
+        return selection
+    # [B, H_kv, 1, D, n]: every query head of a group reads its kv head's means.
+    means_t = means.detach().to(compute).permute(0, 2, 3, 1).unsqueeze(2)
+    blocks = torch.arange(n_blocks, device=q.device)
+    step = max(1, _ROUTING_ELEMENTS // max(1, batch * hq * n_blocks))
+    with torch.no_grad():
+        for t0 in range(0, tq, step):
+            t1 = min(t0 + step, tq)
+            qc = q[:, t0:t1].detach().to(compute).unflatten(2, (hkv, hq // hkv)).permute(0, 2, 3, 1, 4)
+            gates = torch.matmul(qc, means_t).reshape(batch, hq, t1 - t0, n_blocks)
+            own = blocks == own_block[t0:t1, None]  # [t, n]
+            eligible = blocks <= own_block[t0:t1, None] if is_causal else torch.ones_like(own)
+            selection[:, :, t0:t1] = _select(gates, own, eligible, top_k, threshold)
+    return selection
+
+
+def _select(gates, own, eligible, top_k, threshold):
+    """The routing rule of :func:`block_selection` on one slice: gates [B, H, t, n], own/eligible [t, n]."""
+    others = eligible & ~own
+    if top_k is not None and top_k - 1 >= own.shape[-1] - 1 or threshold is not None and threshold >= 1:
+        return eligible.expand_as(gates)
+    if top_k is not None and top_k == 1 or threshold is not None and threshold <= 0:
+        return own.expand_as(gates)
+    # -inf on the blocks that cannot be picked, added in place (a broadcast add is far cheaper than masked_fill).
+    key = gates.clone() if threshold is not None else gates
+    key += torch.zeros(others.shape, dtype=gates.dtype, device=gates.device).masked_fill_(~others, -float("inf"))
+    chosen = torch.zeros_like(gates, dtype=torch.bool)
+    if top_k is not None and top_k - 1 <= _ARGMAX_PICKS:
+        for _ in range(top_k - 1):
+            best = key.argmax(-1, keepdim=True)  # the first maximum: ties go to the lower block index
+            chosen.scatter_(-1, best, True)
+            key.scatter_(-1, best, -float("inf"))
+        return own | (chosen & others)
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices  # stable: ties keep index order
+    if top_k is not None:
+        chosen.scatter_(-1, order[..., :top_k - 1], True)
+        return own | (chosen & others)
+    # Threshold: min-max normalised gates over the eligible blocks, as shares of their sum.
+    low = gates.masked_fill(~eligible, float("inf")).amin(-1, keepdim=True)
+    high = gates.masked_fill(~eligible, -float("inf")).amax(-1, keepdim=True)
+    spread = high - low
+    norm = torch.where(spread > 0, (gates - low) / torch.where(spread > 0, spread, 1.0), 1.0)
+    norm = norm.masked_fill(~eligible, 0.0)
+    share = norm / norm.sum(-1, keepdim=True)
+    own_share = share.masked_fill(~own, 0.0).sum(-1, keepdim=True)
+    sorted_share = share.masked_fill(~others, 0.0).gather(-1, order)
+    before = own_share + sorted_share.cumsum(-1) - sorted_share  # share accumulated before each block
+    chosen.scatter_(-1, order, before < threshold)
+    return own | (chosen & others)

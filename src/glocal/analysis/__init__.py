@@ -13,7 +13,14 @@ Example:
 from . import capture  # the module, callable as capture(model, ...)
 from .capture import AttentionCall, Recorder
 from .report import Report
-from .steering import BoostRecent, RedistributeSinks, ReinforceHeads, ScaleKeys, ScoreMod, steer
+from .steering import (
+           BoostRecent,
+           RedistributeSinks,
+           ReinforceHeads,
+           ScaleKeys,
+           ScoreMod,
+           steer,
+)
 
 __all__ = ["AttentionCall", "BoostRecent", "Recorder", "RedistributeSinks", "ReinforceHeads", "Report",
            "ScaleKeys", "ScoreMod", "capture", "steer"]

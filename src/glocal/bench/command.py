@@ -42,8 +42,8 @@ def add_arguments(parser) -> None:
                         help="CPU threads for every implementation (torch.set_num_threads); default: torch's")
     parser.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention (saves its compile time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--family", choices=["neighborhood", "global"], default="neighborhood",
-                        help="benchmark family (default neighborhood)")
+    parser.add_argument("--family", choices=["neighborhood", "global", "routed"], default="neighborhood",
+                        help="benchmark family (default neighborhood; routed: MoBA, VMoBA, RAT, Parallax, LLA)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
     parser.add_argument("--variants", action="store_true", help="with --device cuda: also time the tile variants")
     parser.add_argument("--compile-only", action="store_true",
@@ -90,6 +90,41 @@ def _global_family(args) -> int:
     return 0
 
 
+def _routed_family(args) -> int:
+    import torch
+
+    from . import routed
+
+    repeats = args.repeats or (2 if args.quick else 5)
+    from .neighborhood import cpu_model
+
+    print(f"glocal bench --family routed: {cpu_model()}, {torch.get_num_threads()} CPU threads, "
+          f"torch {torch.__version__}, median of {repeats}", flush=True)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(routed.TARGETS), desc="routed", unit="row", file=sys.stderr)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
+    rows = routed.run(repeats=repeats, quick=args.quick, progress=progress)
+    if bar is not None:
+        bar.close()
+    print(routed.format_table(rows))
+    if args.json:
+        from .neighborhood import machine
+
+        _write_json(args.json, {"family": "routed", "machine": machine(), "repeats": repeats, "results": rows})
+    if args.plot:
+        routed.plot(rows, args.plot, "routed attention vs dense SDPA, CPU float32")
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def _cuda(args) -> int:
     try:
         from . import gpu
@@ -104,6 +139,8 @@ def main(args) -> int:
         return _cuda(args)
     if args.family == "global":
         return _global_family(args)
+    if args.family == "routed":
+        return _routed_family(args)
 
     import torch
 
@@ -126,8 +163,8 @@ def main(args) -> int:
         print(f"glocal bench: {err}", file=sys.stderr)
         return 2
 
-    print(f"glocal bench: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.dtype}, "
-          f"median of {repeats}; {cpu.describe()}", flush=True)
+    print(f"glocal bench: {suite.cpu_model()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+          f"{args.dtype}, median of {repeats}; {cpu.describe()}", flush=True)
     gflops = timing.matmul_gflops(dtype if dtype != torch.float16 else torch.float32, repeats)
     print(f"matmul rate (1024² {args.dtype} mm): {gflops:.0f} GFLOP/s now; each row's floor uses a rate "
           f"measured just before it", flush=True)

@@ -218,9 +218,22 @@ def run_config(cfg: dict, dtype: torch.dtype, repeats: int, backward: bool,
     return row
 
 
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version())
+                cpu_model=cpu_model(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version())
 
 
 def _fmt(x, spec=".1f", none="-"):

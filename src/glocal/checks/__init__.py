@@ -10,11 +10,66 @@ Example:
     (3, 3)
 """
 
-from .base import _FLOAT_DTYPES, per_axis, is_tensor, float_dtype, same_dtype_device, scale, heads_and_dims, causal_flag, backend_name, choice, ATTENTION_PATTERNS, pattern_name, pattern_supported  # noqa: F401
-from .neighborhood import window_args, neighborhood_args, neighborhood_tensors, additional_kv  # noqa: F401
-from .dense import sequence_tensors, merge_inputs  # noqa: F401
-from .linear import feature_map, chunk_size, linear_state, step_tensors, l2vit_args, nonempty_keys  # noqa: F401
-from .global_tokens import grid_tensors, reduction, global_tokens, channel_tensors, global_queries  # noqa: F401
-from .modules import module_dims, module_input, module_global_tokens  # noqa: F401
-from .analysis import capture_args, report_window, report_clip, steering_converted_layer, steering_factor  # noqa: F401
+from .analysis import (  # noqa: F401
+    capture_args,
+    report_clip,
+    report_window,
+    steering_converted_layer,
+    steering_factor,
+)
+from .base import (  # noqa: F401
+    _FLOAT_DTYPES,
+    ATTENTION_PATTERNS,
+    backend_name,
+    causal_flag,
+    choice,
+    float_dtype,
+    heads_and_dims,
+    is_tensor,
+    pattern_name,
+    pattern_supported,
+    per_axis,
+    same_dtype_device,
+    scale,
+)
+from .block_sparse import (  # noqa: F401
+    block_means,
+    block_shape,
+    block_size,
+    moba_grid_tensors,
+    moba_tensors,
+    routing,
+)
 from .convert import conversion_rule, plan_targets  # noqa: F401
+from .dense import merge_inputs, sequence_tensors  # noqa: F401
+from .global_tokens import (  # noqa: F401
+    channel_tensors,
+    global_queries,
+    global_tokens,
+    grid_tensors,
+    reduction,
+)
+from .linear import (  # noqa: F401
+    chunk_size,
+    feature_map,
+    l2vit_args,
+    linear_state,
+    nonempty_keys,
+    step_tensors,
+)
+from .local_linear import (  # noqa: F401
+    local_linear_tensors,
+    module_positions,
+    ridge,
+    rope_head_dim,
+    rope_theta,
+    window_size,
+)
+from .modules import module_dims, module_global_tokens, module_input  # noqa: F401
+from .neighborhood import (  # noqa: F401
+    additional_kv,
+    neighborhood_args,
+    neighborhood_tensors,
+    window_args,
+)
+from .rat import rat_gate_range, rat_module_args, rat_tensors  # noqa: F401

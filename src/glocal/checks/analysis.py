@@ -5,9 +5,6 @@ Every message states the rule, the values that broke it and the fix (see glocal.
 from __future__ import annotations
 
 
-
-
-
 def capture_args(streaming, window, block) -> None:
     """``capture(streaming=True)`` needs the locality window up front; windows and blocks are positive ints."""
     if streaming and window is None:

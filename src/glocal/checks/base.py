@@ -8,8 +8,6 @@ import numbers
 
 import torch
 
-
-
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 

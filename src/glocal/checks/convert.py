@@ -5,9 +5,6 @@ Every message states the rule, the values that broke it and the fix (see glocal.
 from __future__ import annotations
 
 
-
-
-
 def conversion_rule(key, rule, local_cls, hybrid_cls) -> None:
     """A plan maps (layer, head) ints to Local(window, sinks) or Hybrid(window, sinks, global_branch)."""
     if (not isinstance(key, tuple) or len(key) != 2

@@ -4,8 +4,6 @@ Every message states the rule, the values that broke it and the fix (see glocal.
 
 from __future__ import annotations
 
-
-
 from .base import float_dtype, heads_and_dims, is_tensor, per_axis, same_dtype_device
 from .neighborhood import additional_kv
 

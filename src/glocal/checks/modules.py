@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numbers
 
-
 from .base import is_tensor
 
 

@@ -87,7 +87,11 @@ def _install(model) -> _State:
         return state
     hf = _transformers()
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+        sdpa_mask,
+    )
 
     original = model.config._attn_implementation or "eager"
     modules = attention_modules(model)

@@ -1,8 +1,11 @@
 """Attention layers on channels-last inputs ``[B, *spatial, dim]``."""
 
-from .attention import Attention, NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
-from .local_linear import ParallaxAttention
-from .rat import RATAttention
+from .attention import (
+    Attention,
+    NeighborhoodAttention1D,
+    NeighborhoodAttention2D,
+    NeighborhoodAttention3D,
+)
 from .global_modules import (
     ChannelAttention,
     CompressedAttention,
@@ -11,6 +14,8 @@ from .global_modules import (
     LinearAttention,
     LocalConcentrationAttention,
 )
+from .local_linear import ParallaxAttention
+from .rat import RATAttention
 
 __all__ = [
     "Attention",

@@ -22,7 +22,15 @@ Example:
     torch.Size([1, 32, 2, 16])
 """
 
-from . import block_sparse, dense, global_tokens, linear, local_linear, neighborhood, rat
+from . import (
+           block_sparse,
+           dense,
+           global_tokens,
+           linear,
+           local_linear,
+           neighborhood,
+           rat,
+)
 from .block_sparse import moba_attention, moba_attention_nd, moba_selection
 from .dense import attention, merge_attentions
 from .global_tokens import (

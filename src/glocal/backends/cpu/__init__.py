@@ -1,6 +1,6 @@
-"""CPU backend: fast paths per family. Neighborhood attention has compiled C++ kernels (``kernels/``,
-with a pure-PyTorch fallback); the other families are plain PyTorch (linear-time formulas, chunked
-scans) and run on any device.
+"""CPU backend: fast paths per family. Neighborhood attention and MoBA decoding have compiled C++
+kernels (``kernels/``, built by ``build``, each with a pure-PyTorch fallback); the other families
+are plain PyTorch (linear-time formulas, chunked scans, gathered blocks) and run on any device.
 
 Example:
     >>> import torch, glocal
@@ -15,4 +15,5 @@ NAME = "cpu"
 
 
 def describe() -> str:
-    return neighborhood.describe() + "; linear, InLine and channel attention in plain PyTorch (any device)"
+    return neighborhood.describe() + ("; MoBA decoding compiled too; linear, InLine, channel, MoBA, RAT and Parallax/LLA "
+                                      "paths in plain PyTorch (any device)")

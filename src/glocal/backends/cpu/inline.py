@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ...numerics import compute_dtype, feature_map as feature_map_fn
+from ...numerics import compute_dtype
+from ...numerics import feature_map as feature_map_fn
 from ...spec import InlineSpec
 
 NAME = "cpu"

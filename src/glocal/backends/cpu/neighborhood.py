@@ -66,18 +66,17 @@ their own precision; bfloat16 and float16 are computed in float32. Dense
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import torch
 
 from ... import config
 from ...numerics import compute_dtype, merge_extra_tokens
 from ...spec import NeighborhoodSpec, axis_window
+from .build import build_error, kernels
 
 NAME = "cpu"
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_build = {"module": None, "error": None, "tried": False}
 
 
 def can_run(spec, tensors: dict) -> list[str]:
@@ -96,42 +95,6 @@ def can_run(spec, tensors: dict) -> list[str]:
     return reasons
 
 
-def _processor_tag() -> str:
-    """A short hash of this processor's model name, to key the -march=native build."""
-    import hashlib
-    import platform
-
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return hashlib.sha1(model.encode()).hexdigest()[:8]
-
-
-def kernels():
-    """The compiled extension module, building it on first call; None when it cannot be built."""
-    if not _build["tried"]:
-        _build["tried"] = True
-        try:
-            from torch.utils.cpp_extension import load
-
-            source = Path(__file__).parent / "kernels" / "neighborhood.cpp"
-            _build["module"] = load(
-                # -march=native code must not be shared between processor models through the build cache.
-                name=f"glocal_cpu_neighborhood_{_processor_tag()}",
-                sources=[str(source)],
-                # -fopenmp: ATen's parallel_for is an OpenMP pragma in a header, compiled here.
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
-        except Exception as err:  # any build failure (no compiler, no ninja, ...) falls back to PyTorch
-            _build["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
-    return _build["module"]
-
-
 def active_path() -> str:
     """``"compiled"`` or ``"pytorch"``: which implementation runs now (builds the kernels if needed)."""
     if config.cpu_kernels_enabled() and kernels() is not None:
@@ -144,7 +107,7 @@ def describe() -> str:
     if path == "compiled":
         return "cpu: compiled C++ kernels (torch.utils.cpp_extension, ATen thread pool)"
     why = "disabled (GLOCAL_CPU_KERNELS=0 or glocal.config.cpu_kernels(False))" if not config.cpu_kernels_enabled() \
-        else f"build failed: {_build['error']}"
+        else f"build failed: {build_error()}"
     return f"cpu: pure-PyTorch path (compiled kernels {why})"
 
 

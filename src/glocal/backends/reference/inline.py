@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ...numerics import compute_dtype, feature_map as feature_map_fn, repeat_kv
+from ...numerics import compute_dtype, repeat_kv
+from ...numerics import feature_map as feature_map_fn
 from ...spec import InlineSpec
 
 NAME = "reference"

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from ...numerics import compute_dtype, feature_map as feature_map_fn, safe_divide
+from ...numerics import compute_dtype, safe_divide
+from ...numerics import feature_map as feature_map_fn
 from ...spec import LinearSpec
 
 NAME = "reference"

@@ -1,4 +1,4 @@
-"""Triton backend: fused GPU kernels per family (neighborhood attention today), imported lazily.
+"""Triton backend: fused GPU kernels per family (neighborhood and block-routed attention), imported lazily.
 
 ``import glocal`` never imports Triton: only a family module's ``run`` does. With
 ``TRITON_INTERPRET=1`` set before Triton is first imported, the kernels also run on CPU tensors
@@ -33,4 +33,4 @@ def describe() -> str:
     import triton  # noqa: F401  # describe() is called by `glocal info` only
 
     where = "CUDA" + (" and CPU (TRITON_INTERPRET=1)" if interpreting() else "")
-    return f"triton {triton.__version__}: fused NA kernels on {where}; fp16/bf16, fp32 via TF32"
+    return f"triton {triton.__version__}: fused neighborhood and MoBA kernels on {where}; fp16/bf16, fp32 via TF32"

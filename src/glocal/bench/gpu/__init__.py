@@ -37,8 +37,15 @@ from . import configs
 from .configs import _SMALL_1D, CONFIGS, HEAD_DIMS, VARIANTS, _random_problem
 from .correctness import _rel, check
 from .isolation import _child, _child_command, _options, _run_task, run_isolated
-from .report import (_offline_target, _report_line, _resources, _triton_version, kernel_report, offline_report,
-                     print_offline)
+from .report import (
+    _offline_target,
+    _report_line,
+    _resources,
+    _triton_version,
+    kernel_report,
+    offline_report,
+    print_offline,
+)
 from .timing import _bench, matmul_tflops, print_table, time_config
 
 # Attended (query, key) pairs of a neighborhood spec (the suite's old name for it).

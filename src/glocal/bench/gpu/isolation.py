@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 
-from .. import gpu as suite  # the package: check, matmul_tflops, time_config are looked up there (tests patch them)
+from .. import (
+    gpu as suite,  # the package: check, matmul_tflops, time_config are looked up there (tests patch them)
+)
 from .configs import CONFIGS
 
 

@@ -825,7 +825,12 @@ std::vector<at::Tensor> forward_blocked(at::Tensor q, at::Tensor k, at::Tensor v
 
 }  // namespace
 
+// Defined in block_sparse.cpp (one extension, several sources).
+std::vector<at::Tensor> moba_decode(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor selection,
+                                    int64_t block_size, double scale, bool causal, bool nan_fill);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("moba_decode", &moba_decode, "block-routed attention of a few query rows over a cache: (out, lse)");
   m.def("forward", &forward, "neighborhood attention forward: (out, lse)");
   m.def("forward_blocked", &forward_blocked, "blocked float32 forward: (out, lse)");
   m.def("backward_blocked", &backward_blocked, "blocked float32 backward: (dq, dk, dv)");
