@@ -7,7 +7,7 @@ legend and an example.
 from . import analysis, config, convert, hooks, nn, ops
 from .backends import available as available_backends
 from .backends import use_backend
-from .convert import plan_from_report
+from .convert import accelerate, plan_from_report
 from .masks import dense_mask, neighborhood_mask_mod
 from .ops import (
     attention,
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionSpec",
+    "accelerate",
     "analysis",
     "NeighborhoodSpec",
     "attention",

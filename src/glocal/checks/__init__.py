@@ -40,7 +40,14 @@ from .block_sparse import (  # noqa: F401
     moba_tensors,
     routing,
 )
-from .convert import conversion_rule, plan_targets  # noqa: F401
+from .convert import (  # noqa: F401
+    accelerate_target,
+    conversion_rule,
+    plan_avoids_accelerated,
+    plan_quality,
+    plan_split,
+    plan_targets,
+)
 from .dense import merge_inputs, sequence_tensors  # noqa: F401
 from .global_tokens import (  # noqa: F401
     channel_tensors,

@@ -46,3 +46,44 @@ def plan_targets(plan: dict, layers: int, heads_per_layer: list[int]) -> None:
                 f"plan names head {head} of layer {layer}, which has {heads_per_layer[layer]} heads; got key "
                 f"{(layer, head)}. Use a head index below {heads_per_layer[layer]}."
             )
+
+
+def accelerate_target(is_hf_model: bool, name: str) -> None:
+    """glocal.accelerate reads the windows of Hugging Face transformers models from their configuration."""
+    if not is_hf_model:
+        raise TypeError(
+            f"glocal.accelerate handles Hugging Face transformers models (a `config` with an attention "
+            f"implementation, attention through transformers' attention interface); got {name}. For other models "
+            f"call glocal.na1d(q, k, v, kernel_size=..., is_causal=...) in their attention yourself."
+        )
+
+
+def plan_avoids_accelerated(plan_layers: list, accelerated: list) -> None:
+    """A conversion plan may not name layers that glocal.accelerate runs (their window would be converted twice)."""
+    both = sorted(set(plan_layers) & set(accelerated))
+    if both:
+        raise ValueError(
+            f"layers {both} are accelerated by glocal.accelerate (their configured window runs exactly with glocal's "
+            f"ops), so a conversion plan may not also name them; got plan layers {sorted(plan_layers)}, accelerated "
+            f"layers {sorted(accelerated)}. Convert heads of the other layers only, or call "
+            f"glocal.convert.restore(model) first and convert without accelerating."
+        )
+
+
+def plan_split(batch: int) -> None:
+    """A measured plan holds some calibration rows out; that needs at least two rows."""
+    if batch < 2:
+        raise ValueError(
+            f"a measured plan is accepted on held-out inputs, so `inputs` needs at least 2 sequences to split "
+            f"(every fourth is held out); got {batch}. Pass more calibration sequences, or the held-out ones as "
+            f"validation=."
+        )
+
+
+def plan_quality(min_cosine: float, margin: float) -> None:
+    """The quality floor plus its margin must be a cosine below 1."""
+    if not (0.0 < min_cosine + margin < 1.0) or margin < 0:
+        raise ValueError(
+            f"min_cosine + margin is the held-out mean cosine a plan must keep, so it must lie in (0, 1) with "
+            f"margin >= 0; got min_cosine={min_cosine}, margin={margin}. Use e.g. min_cosine=0.98, margin=0.005."
+        )

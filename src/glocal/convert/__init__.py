@@ -25,12 +25,13 @@ Example:
 import sys
 import types
 
+from .accelerate import accelerate
 from .apply import adapter_for, convert, restore, validate_plan
-from .plan import mean_cosine, mean_pooled, plan_from_report
+from .plan import Plan, held_out_split, mean_cosine, mean_pooled, plan_from_report
 from .rules import Hybrid, Local, converted_attention, converted_probs, local_mask
 
-__all__ = ["Hybrid", "Local", "adapter_for", "convert", "converted_attention", "converted_probs", "local_mask",
-           "mean_cosine", "mean_pooled", "plan_from_report", "restore", "validate_plan"]
+__all__ = ["Hybrid", "Local", "Plan", "accelerate", "adapter_for", "convert", "converted_attention", "converted_probs",
+           "held_out_split", "local_mask", "mean_cosine", "mean_pooled", "plan_from_report", "restore", "validate_plan"]
 
 
 class _ConvertModule(types.ModuleType):

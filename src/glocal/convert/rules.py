@@ -11,7 +11,9 @@
   query. The branches are merged exactly with their log-sum-exps.
 
 The adapters (``glocal.integrations``) call the rule objects' methods (:meth:`Local.attend`,
-:meth:`Local.probs`, :meth:`Local.mask`), so they never import this package.
+:meth:`Local.attend_heads`, :meth:`Local.probs`, :meth:`Local.mask`), so they never import this package.
+:func:`fused_attention` (``attend_heads``) runs all of a layer's Local/Hybrid heads together: one
+neighborhood call per window, the sinks and pooled blocks as biased extra keys in the same softmax.
 
 Shapes (:func:`converted_attention`):
     q: [B, T, H, D]   k: [B, T, H, D]   v: [B, T, H, D_v]   valid: [B, T] bool   →   out [B, T, H, D_v]
@@ -27,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -58,6 +61,11 @@ class Local:
     def mask(self, q_pos, k_pos, causal: bool):
         """The keys this rule lets each query see when queries and keys differ (a decoding step): :func:`local_mask`."""
         return local_mask(q_pos, k_pos, self, causal)
+
+    @staticmethod
+    def attend_heads(q, k, v, rules, scale: float, causal: bool = False, valid=None):
+        """Many heads, each with its own Local/Hybrid rule (None = not this call's), fused: :func:`fused_attention`."""
+        return fused_attention(q, k, v, rules, scale, causal, valid)
 
 
 @dataclass(frozen=True)
@@ -146,16 +154,21 @@ def converted_attention(q, k, v, rule, scale: float, causal: bool = False, valid
     out = q.new_zeros(batch, tokens, q.shape[2], v.shape[-1])
     if valid is None:
         valid = torch.ones(batch, tokens, dtype=torch.bool, device=q.device)
-    patterns, which = torch.unique(valid, dim=0, return_inverse=True)
-    for i in range(patterns.shape[0]):
-        rows = (which == i).nonzero().flatten()
-        cols = patterns[i].nonzero().flatten()
-        if cols.numel() == 0:
-            continue
-        take = lambda x: x[rows][:, cols]  # noqa: E731  [n, L, H, D]
+    for rows, cols in padding_groups(valid):
+        take = lambda x: x[rows[:, None], cols[None, :]]  # noqa: E731  [n, L, H, D]
         o = _packed(take(q), take(k), take(v), rule, scale, causal)
         out[rows[:, None], cols[None, :]] = o.to(out.dtype)
     return out
+
+
+def padding_groups(valid: torch.Tensor):
+    """(rows, cols) per padding pattern of ``valid`` [B, T]: the sequences sharing it and their real tokens
+    (patterns without a real token are skipped)."""
+    patterns, which = torch.unique(valid, dim=0, return_inverse=True)
+    for i in range(patterns.shape[0]):
+        cols = patterns[i].nonzero().flatten()
+        if cols.numel():
+            yield (which == i).nonzero().flatten(), cols
 
 
 def local_mask(q_pos, k_pos, rule, causal: bool) -> torch.Tensor:
@@ -229,3 +242,294 @@ def converted_probs(q, k, q_pos, k_pos, rule, scale: float, causal: bool) -> tor
     p_keys, p_blocks = p[..., :tk], p[..., tk:] / counts.clamp_min(1)[:, None, None, :]
     spread = p_blocks.gather(-1, block[:, None, None, :].expand(*p_keys.shape))
     return p_keys + spread * valid[:, None, None, :]
+
+
+# --------------------------------------------------------------------------------------------------- many heads
+# A converted layer mixes rules (Local(17), Local(65) with sinks, Hybrid(65), ...). Running each rule group
+# through converted_attention costs a neighborhood call, a masked sink branch and a masked block branch
+# per group, which at 512 tokens is more than the dense attention it replaces. fused_attention runs all
+# heads of a layer that have a Local/Hybrid rule together:
+#
+# - one neighborhood call per distinct window (sinks and Hybrid blocks do not split a call). Heads with
+#   different windows cannot share a call: running the largest window for all would change the smaller
+#   windows' key sets;
+# - the sinks and pooled blocks of all heads are extra keys of one score matrix per kind (sinks only;
+#   sinks and blocks), with a per-head, per-query bias: ln(block length) for a Hybrid head's block and 0
+#   for a sink, kept where the query's window leaves the sink or the block's centre out (exactly
+#   converted_attention's rule: no key counted twice), dropped elsewhere; merged into the neighborhood
+#   result in the same softmax through its lse;
+# - sequences up to DENSE_MAX_TOKENS real tokens run all heads as one dense SDPA call instead (the window
+#   and the sinks as a per-head mask, the pooled blocks appended as keys).
+#
+# The exponentials never see -inf: this CPU's exp is ~20x slower on -inf (and on arguments whose result
+# underflows) than on ordinary values, so dropped entries are multiplied by 0 around a finite exp.
+# Masks and biases depend only on the length, the windows and the rules, so they are built once and cached.
+
+# Measured (benchmarks/convert_speed.py, docs/analysis.md): below this many real tokens one dense call for
+# all converted heads beats a neighborhood call per window.
+DENSE_MAX_TOKENS = 128
+
+
+def _head_key(rule, length: int) -> tuple:
+    """What a head adds to its window at this length: (sink positions, Hybrid block length or 0)."""
+    blocks = rule.global_branch if isinstance(rule, Hybrid) and rule.window < length else 0
+    return tuple(_sink_positions(rule.sinks, length)), blocks
+
+
+def _kind(key: tuple) -> int:
+    """0: window only; 1: window and sinks; 2: window, sinks and pooled blocks."""
+    return 2 if key[1] else int(bool(key[0]))
+
+
+def _window_ok(length: int, window: int, k_pos: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[L, S] bool: key positions ``k_pos`` (float64 [S]) inside each query's window (:func:`in_window`)."""
+    pos = torch.arange(length, dtype=torch.float64, device=k_pos.device)
+    extent = torch.tensor([[float(length)]], dtype=torch.float64, device=k_pos.device)
+    return in_window(pos[None, :, None], k_pos[None, :, None], extent, window, causal)[0]
+
+
+def _sinks_ok(length: int, window: int, sinks: list, causal: bool, device) -> torch.Tensor:
+    """[L, S] bool: the sinks a query attends besides its window (left out where the window holds them)."""
+    s_pos = torch.tensor(sinks, dtype=torch.float64, device=device)
+    ok = ~_window_ok(length, window, s_pos, causal)
+    if causal:
+        ok &= s_pos[None, :] <= torch.arange(length, device=device)[:, None]
+    return ok
+
+
+def _blocks_ok(length: int, window: int, g: int, causal: bool, device):
+    """([L, n] bool, ln(count) [n]): the blocks of ``g`` tokens a query attends, and their score offsets."""
+    counts, first = _block_layout(torch.tensor([length]), g, device)
+    counts = counts[0].double()
+    centre = first + (counts - 1) / 2
+    ok = ~_window_ok(length, window, centre.round(), causal)
+    if causal:
+        ok &= (first + counts - 1)[None, :] <= torch.arange(length, device=device)[:, None]
+    return ok, torch.log(counts)
+
+
+@functools.lru_cache(maxsize=256)
+def _extra_keys(length: int, windows: tuple, keys: tuple, causal: bool, device: str, dtype: torch.dtype):
+    """The extra keys of some heads: (sink index [S_1] or None, block lengths, offset, keep, drop), each [L, h, S].
+
+    Columns: the sinks of any of the heads, then the blocks of each block length. ``keep`` is 1 where the
+    head attends the column for that query, else 0 (``drop`` is then 0, else -inf); ``offset`` is the
+    column's score offset (ln count) where kept.
+    """
+    with torch.inference_mode(False), torch.no_grad():  # cached, so usable inside and outside inference mode
+        sinks = sorted({p for head_sinks, _ in keys for p in head_sinks})
+        block_lengths = sorted({g for _, g in keys if g})
+        oks, offsets = [], []
+        for window, (head_sinks, head_blocks) in zip(windows, keys):
+            ok, offset = [], []
+            if sinks:
+                has = torch.tensor([p in head_sinks for p in sinks], device=device)
+                ok.append(_sinks_ok(length, window, sinks, causal, device) & has)
+                offset.append(torch.zeros(len(sinks), dtype=torch.float64, device=device))
+            for g in block_lengths:
+                blocks, log_counts = _blocks_ok(length, window, g, causal, device)
+                ok.append(blocks & (head_blocks == g))
+                offset.append(log_counts)
+            oks.append(torch.cat(ok, -1))
+            offsets.append(torch.cat(offset))
+        keep = torch.stack(oks, 1)  # [L, h, S]
+        offset = torch.stack(offsets)[None].expand_as(keep)
+        index = torch.tensor(sinks, device=device) if sinks else None
+        drop = torch.where(keep, 0.0, -math.inf)
+        return index, block_lengths, (offset * keep).to(dtype).contiguous(), keep.to(dtype), drop.to(dtype)
+
+
+def _merge_extra_keys(q, k, v, out, lse, extras, scale: float):
+    """One softmax over each query's window (``out``, ``lse`` from the neighborhood call) and its extra keys.
+
+    q, k, v: [n, L, h, D] real tokens of the heads; out: [n, L, h, D_v]; lse: [n, L, h] → [n, L, h, D_v].
+    """
+    index, block_lengths, offset, keep, drop = extras
+    compute = compute_dtype(q)
+    extra_k = ([k.index_select(1, index)] if index is not None else []) + [pool_tokens(k, g) for g in block_lengths]
+    extra_v = ([v.index_select(1, index)] if index is not None else []) + [pool_tokens(v, g) for g in block_lengths]
+    extra_k = torch.cat(extra_k, 1).to(compute) if len(extra_k) > 1 else extra_k[0].to(compute)
+    extra_v = torch.cat(extra_v, 1).to(compute) if len(extra_v) > 1 else extra_v[0].to(compute)
+    scores = torch.add(offset, torch.einsum("nlhd,nshd->nlhs", q.to(compute), extra_k), alpha=scale)
+    # The shift (the largest attended score, the window's lse included) cancels out of the result, so it
+    # carries no gradient; the window always holds a key, so it is finite. Dropped columns are -inf only
+    # where compared; they enter the exp as 0 and leave it multiplied by 0.
+    shift = torch.maximum(lse, (scores + drop).amax(-1)).detach()
+    weights = torch.exp((scores - shift[..., None]) * keep) * keep
+    window_weight = torch.exp(lse - shift)
+    merged = torch.addcmul(torch.einsum("nlhs,nshd->nlhd", weights, extra_v), out.to(compute), window_weight[..., None])
+    return (merged / (window_weight + weights.sum(-1))[..., None]).to(q.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_bias(length: int, windows: tuple, keys: tuple, causal: bool, device: str, dtype: torch.dtype):
+    """(block lengths, bias [h, L, L + blocks]) of heads run as one dense call: window ∪ sinks over the tokens
+    (a boolean union, so a sink inside the window is one key), then the pooled blocks with ln(count)."""
+    with torch.inference_mode(False), torch.no_grad():
+        pos = torch.arange(length, dtype=torch.float64, device=device)
+        block_lengths = sorted({g for _, g in keys if g})
+        biases = []
+        for window, (sinks, head_blocks) in zip(windows, keys):
+            ok = _window_ok(length, window, pos, causal)
+            if sinks:
+                sink = torch.zeros(length, length, dtype=torch.bool, device=device)
+                sink[:, list(sinks)] = True
+                if causal:
+                    sink &= pos[None, :] <= pos[:, None]
+                ok |= sink
+            columns = [torch.where(ok, 0.0, -math.inf).double()]
+            for g in block_lengths:
+                blocks, log_counts = _blocks_ok(length, window, g, causal, device)
+                columns.append(torch.where(blocks & (head_blocks == g), log_counts, -math.inf))
+            biases.append(torch.cat(columns, -1))
+        return block_lengths, torch.stack(biases).to(dtype).contiguous()
+
+
+def _dense_heads(q, k, v, dense: tuple, scale: float) -> torch.Tensor:
+    """Heads as one SDPA call with a per-head mask (window ∪ sinks) and the pooled blocks as extra keys."""
+    block_lengths, bias = dense
+    compute = compute_dtype(q)
+    keys = torch.cat([k] + [pool_tokens(k, g) for g in block_lengths], 1).to(compute)
+    values = torch.cat([v] + [pool_tokens(v, g) for g in block_lengths], 1).to(compute)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.to(compute).transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=bias, scale=scale)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def _heads_at(heads: list[int], device: str):
+    """Heads as an index: a slice when they are a run, else an index tensor."""
+    if heads == list(range(heads[0], heads[0] + len(heads))):
+        return slice(heads[0], heads[0] + len(heads))
+    # Cached in _layout: an index made inside inference mode could not be saved for a later backward.
+    with torch.inference_mode(False):
+        return torch.tensor(heads, device=device)
+
+
+def _take(x: torch.Tensor, at) -> torch.Tensor:
+    """x[:, :, at] (heads axis): a view for a slice, else a copy."""
+    return x[:, :, at] if isinstance(at, slice) else x.index_select(2, at)
+
+
+def _put(out: torch.Tensor, at, x: torch.Tensor) -> None:
+    if isinstance(at, slice):
+        out[:, :, at] = x
+    else:
+        out.index_copy_(2, at, x.to(out.dtype))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a layer's converted heads run at one length: which heads, in which calls (built once, cached).
+
+    ``order`` takes the converted heads out of q in run order (heads of one window together, each kind
+    together inside a window); ``runs`` are (start, stop, window) of the neighborhood calls over that
+    order; ``parts`` are (positions in the order, heads of the output, extra keys or None); ``dense`` is
+    set when all heads run as one dense call ((block lengths, bias), ``order`` then holds them all).
+    """
+
+    order: object
+    runs: tuple = ()
+    parts: tuple = ()
+    dense: tuple | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(length: int, rules: tuple, causal: bool, device: str, dtype: torch.dtype, dense_max: int) -> _Layout:
+    heads = [h for h, r in enumerate(rules) if r is not None]
+    window = {h: min(rules[h].window, length) for h in heads}
+    key = {h: _head_key(rules[h], length) for h in heads}
+    if len(set(window.values())) > 1 and length <= dense_max:
+        bias = _dense_bias(length, tuple(window[h] for h in heads), tuple(key[h] for h in heads), causal, device,
+                           dtype)
+        return _Layout(_heads_at(heads, device), dense=bias)
+    heads.sort(key=lambda h: (window[h], _kind(key[h])))
+    runs, start = [], 0
+    while start < len(heads):
+        stop = start
+        while stop < len(heads) and window[heads[stop]] == window[heads[start]]:
+            stop += 1
+        runs.append((start, stop, window[heads[start]]))
+        start = stop
+    parts = []
+    for kind in (0, 1, 2):
+        at = [i for i, h in enumerate(heads) if _kind(key[h]) == kind]
+        if at:
+            extras = _extra_keys(length, tuple(window[heads[i]] for i in at), tuple(key[heads[i]] for i in at),
+                                 causal, device, dtype) if kind else None
+            parts.append((_heads_at(at, device), _heads_at([heads[i] for i in at], device), extras))
+    return _Layout(_heads_at(heads, device), tuple(runs), tuple(parts))
+
+
+def _fused_packed(q, k, v, rules: list, scale: float, causal: bool, out: torch.Tensor) -> None:
+    """Write the heads that have a rule into ``out``; q, k, v, out: [n, L, H, D] of real tokens only."""
+    length = q.shape[1]
+    layout = _layout(length, tuple(rules), causal, str(q.device), compute_dtype(q), DENSE_MAX_TOKENS)
+    # The converted heads are gathered once in run order; each neighborhood call takes a run of them, and the
+    # sinks and blocks of each kind are merged in one score matrix (fewer, larger calls beat fewer copies).
+    qc, kc, vc = _take(q, layout.order), _take(k, layout.order), _take(v, layout.order)
+    if layout.dense is not None:
+        _put(out, layout.order, _dense_heads(qc, kc, vc, layout.dense, scale))
+        return
+    outs, lses = [], []
+    for start, stop, window in layout.runs:
+        o, lse = na1d(qc[:, :, start:stop], kc[:, :, start:stop], vc[:, :, start:stop], kernel_size=window,
+                      is_causal=causal, scale=scale, return_lse=True)
+        outs.append(o)
+        lses.append(lse)
+    oc = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
+    lc = torch.cat(lses, 2) if len(lses) > 1 else lses[0]
+    for at, heads, extras in layout.parts:
+        o = _take(oc, at)
+        if extras is not None:
+            o = _merge_extra_keys(_take(qc, at), _take(kc, at), _take(vc, at), o, _take(lc, at), extras, scale)
+        _put(out, heads, o)
+
+
+def _fused_padded(q, k, v, rules: list, scale: float, causal: bool, valid, out) -> None:
+    """:func:`_fused_packed` over the real tokens of each padding pattern (sequences sharing one run together)."""
+    for rows, cols in padding_groups(valid):
+        take = lambda x: x[rows[:, None], cols[None, :]]  # noqa: E731  [n, L, H, D]
+        packed = q.new_zeros(rows.numel(), cols.numel(), q.shape[2], v.shape[-1])
+        _fused_packed(take(q), take(k), take(v), rules, scale, causal, packed)
+        out[rows[:, None], cols[None, :]] = packed  # heads without a rule stay 0
+
+
+def fused_attention(q, k, v, rules, scale: float, causal: bool = False, valid=None):
+    """Every head that has a Local/Hybrid rule, in as few calls as possible; per head equal to
+    :func:`converted_attention`.
+
+    Shapes:
+        q: [B, T, H, D]   k: [B, T, H, D]   v: [B, T, H, D_v]   valid: [B, T] bool (None = all real)
+        rules: H entries, a Local/Hybrid rule or None per head; returns [B, T, H, D_v]; heads without a rule
+        and rows of padded queries are 0.
+
+    Heads that share a window run as one neighborhood call; every head's sinks and pooled blocks are extra
+    keys of one score matrix with a per-query bias, merged in the same softmax. Sequences of up to
+    ``DENSE_MAX_TOKENS`` real tokens run all heads as one dense call with a per-head mask. Rules of other
+    types (subclasses too) run through their own ``attend``.
+
+    Example:
+        >>> import torch
+        >>> from glocal.convert.rules import Hybrid, Local, converted_attention, fused_attention
+        >>> q, k, v = torch.randn(3, 2, 300, 4, 16).unbind(0)
+        >>> rules = [Local(17, (0, -1)), None, Hybrid(65, (0, -1), 16), Local(65)]
+        >>> out = fused_attention(q, k, v, rules, scale=0.25)
+        >>> one = converted_attention(q[:, :, 2:3], k[:, :, 2:3], v[:, :, 2:3], rules[2], scale=0.25)
+        >>> torch.allclose(out[:, :, 2:3], one, atol=1e-5), bool(out[:, :, 1].eq(0).all())
+        (True, True)
+    """
+    rules = list(rules)
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])
+    others: dict = {}
+    for h, r in enumerate(rules):
+        if r is not None and type(r) not in (Local, Hybrid):
+            others.setdefault(r, []).append(h)
+            rules[h] = None
+    if any(r is not None for r in rules):
+        if valid is None or bool(valid.all()):
+            _fused_packed(q, k, v, rules, scale, causal, out)
+        else:
+            _fused_padded(q, k, v, rules, scale, causal, valid, out)
+    for rule, hs in others.items():
+        out[:, :, hs] = rule.attend(q[:, :, hs], k[:, :, hs], v[:, :, hs], scale, causal, valid).to(out.dtype)
+    return out

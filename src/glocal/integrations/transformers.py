@@ -79,6 +79,7 @@ class _State:
         self.modules = modules
         self.handlers: list = []
         self.plan: dict = {}
+        self.accelerated: dict = {}  # {layer: window rule} of glocal.accelerate (see _accelerated)
 
 
 def _install(model) -> _State:
@@ -117,7 +118,7 @@ def _install(model) -> _State:
 
 def _uninstall_if_idle(model) -> None:
     state = getattr(model, "_glocal_state", None)
-    if state is None or state.handlers or state.plan:
+    if state is None or state.handlers or state.plan or state.accelerated:
         return
     model.set_attn_implementation(state.original)
     for _, module in state.modules:
@@ -142,6 +143,7 @@ def attach_handler(model, handler):
 def convert(model, by_layer: dict) -> None:
     """Apply a plan grouped by layer ({layer: {head: rule}}); merges with an earlier conversion."""
     state = _install(model)
+    checks.plan_avoids_accelerated(sorted(by_layer), sorted(state.accelerated))
     for layer, rules in by_layer.items():
         state.plan.setdefault(layer, {}).update(rules)
 
@@ -151,7 +153,62 @@ def restore(model) -> None:
     if state is None:
         return
     state.plan.clear()
+    state.accelerated.clear()
     _uninstall_if_idle(model)
+
+
+# --------------------------------------------------------------------------------------------- acceleration
+# glocal.accelerate (glocal.convert.accelerate) runs layers whose attention is already windowed by the model's
+# configuration with glocal's neighborhood ops. The rule objects decide, call by call, whether they can
+# reproduce the original exactly (their ``run`` returns None where they cannot); this adapter only hands
+# them the raw call and falls back to the original implementation.
+
+
+def original_implementation(model) -> str:
+    """The attention implementation the model runs without glocal (``"sdpa"``, ``"eager"``, ...)."""
+    state = getattr(model, "_glocal_state", None)
+    if state is not None:
+        return state.original
+    return model.config._attn_implementation or "eager"
+
+
+def accelerate(model, by_layer: dict) -> None:
+    """Run the given layers ({layer: window rule}) through their rules' ``run``; merges with earlier calls."""
+    state = _install(model)
+    state.accelerated.update(by_layer)
+
+
+def accelerated_layers(model) -> dict:
+    """{layer: window rule} of the layers glocal.accelerate runs now (empty when none)."""
+    state = getattr(model, "_glocal_state", None)
+    return dict(state.accelerated) if state is not None else {}
+
+
+def converted_layers(model) -> list[int]:
+    """The layers with converted heads (glocal.convert), sorted."""
+    state = getattr(model, "_glocal_state", None)
+    return sorted(layer for layer, rules in state.plan.items() if rules) if state is not None else []
+
+
+def _accelerated(module, window, original, query, key, value, attention_mask, dropout, scaling, kwargs):
+    """One call of an accelerated layer: the window rule's exact attention, or the original where it declines.
+
+    q/k/v arrive as transformers gives them (heads-first, kv heads not repeated). The rule gets a way to
+    run the original on chosen query rows of one sequence, for the padded query rows whose output is the
+    original implementation's own convention (e.g. fully masked rows).
+    """
+
+    def original_rows(b, rows):
+        mask = attention_mask[b:b + 1] if attention_mask.shape[0] > 1 else attention_mask
+        out, _ = original(module, query[b:b + 1, :, rows], key[b:b + 1], value[b:b + 1], mask[:, :, rows],
+                          dropout=dropout, scaling=scaling, **kwargs)
+        return out
+
+    with hooks.handling():  # glocal ops inside are this layer's own work, not calls for op observers
+        out = window.run(query, key, value, attention_mask, scaling, dropout, kwargs, original_rows)
+    if out is None:
+        return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return out, None
 
 
 def _original_function(module, state):
@@ -175,6 +232,9 @@ def _glocal_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                                                scaling=scaling, **kwargs)
     original = _original_function(module, state)
     layer = module._glocal_layer
+    window = state.accelerated.get(layer)
+    if window is not None and not state.handlers and not hooks.busy():
+        return _accelerated(module, window, original, query, key, value, attention_mask, dropout, scaling, kwargs)
     rules = state.plan.get(layer)
     if (not state.handlers and not rules) or hooks.busy():
         return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -220,31 +280,78 @@ def _replaced_heads(call, rules: dict, causal: bool) -> list:
     return [(hs, probs_of(hs, rule)) for rule, hs in _rule_groups(rules).items()]
 
 
+def _fused_groups(rules: dict, heads: int) -> tuple[list, dict]:
+    """Split a layer's plan by how it runs on whole sequences.
+
+    Rules with an ``attend_heads(q, k, v, rules, scale, causal, valid)`` method (Local and Hybrid) run all
+    their heads in one call, one call per such method: ([(attend_heads, [rule or None per head])]). Any other
+    rule object runs its heads through ``attend``: ({rule: [heads]}).
+    """
+    fused: dict = {}
+    others: dict = {}
+    for h, rule in sorted(rules.items()):
+        attend_heads = getattr(rule, "attend_heads", None)
+        if attend_heads is None:
+            others.setdefault(rule, []).append(h)
+        else:
+            fused.setdefault(attend_heads, [None] * heads)[h] = rule
+    return list(fused.items()), others
+
+
 def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
-    """Run a layer with some heads converted. Returns [B, T_q, H, D_v] (heads-last from here on)."""
+    """Run a layer with some heads converted. Returns [B, T_q, H, D_v] (heads-last from here on).
+
+    Whole sequences: the converted heads run fused (one ``attend_heads`` call for all Local/Hybrid heads),
+    the unconverted ones as one SDPA call. A decoding step (T_q < T_k): all converted heads as one dense
+    call with a per-head mask from their rules' ``mask``.
+    """
     q, k, v = call.q.transpose(1, 2), call.k.transpose(1, 2), call.v.transpose(1, 2)
     batch, tq, heads, _ = q.shape
-    out = q.new_zeros(batch, tq, heads, v.shape[-1])
+    out = None
+    if tq == k.shape[1]:
+        valid = None if call.allowed is None else call.k_pos.rank >= 0
+        fused, others = _fused_groups(rules, heads)
+        for attend_heads, per_head in fused:
+            o = attend_heads(q, k, v, per_head, call.scale, causal, valid)
+            if out is None:
+                out = o
+            else:
+                hs = [h for h, r in enumerate(per_head) if r is not None]
+                out[:, :, hs] = o[:, :, hs].to(out.dtype)
+        if out is None:
+            out = q.new_zeros(batch, tq, heads, v.shape[-1])
+        for rule, hs in others.items():
+            out[:, :, hs] = rule.attend(q[:, :, hs], k[:, :, hs], v[:, :, hs], call.scale, causal, valid).to(out.dtype)
+    else:
+        out = q.new_zeros(batch, tq, heads, v.shape[-1])
+        hs = sorted(rules)
+        masks = {rule: rule.mask(call.q_pos, call.k_pos, causal) for rule in set(rules.values())}
+        allowed = torch.stack([masks[rules[h]] for h in hs], 1)  # [B, h, T_q, T_k]
+        o, _ = dense_attention(q[:, :, hs].float(), k[:, :, hs], v[:, :, hs], call.scale, allowed)
+        out[:, :, hs] = o.to(out.dtype)
     full = [h for h in range(heads) if h not in rules]
     if full:
-        out[:, :, full] = _full(call, full).transpose(1, 2)
-    valid = call.k_pos.rank >= 0
-    for rule, hs in _rule_groups(rules).items():
-        if tq == k.shape[1]:
-            o = rule.attend(q[:, :, hs], k[:, :, hs], v[:, :, hs], call.scale, causal, valid)
+        at = _as_slice(full)
+        o = _full(call, at).transpose(1, 2).to(out.dtype)
+        if isinstance(at, slice):
+            out[:, :, at] = o
         else:
-            allowed = rule.mask(call.q_pos, call.k_pos, causal)[:, None]
-            o, _ = dense_attention(q[:, :, hs].float(), k[:, :, hs], v[:, :, hs], call.scale, allowed)
-        out[:, :, hs] = o.to(out.dtype)
+            out.index_copy_(2, torch.tensor(full, device=out.device), o)
     return out
 
 
+def _as_slice(heads: list[int]):
+    """A run of heads as a slice (views, no gather or scatter copies); other sets stay a list."""
+    return slice(heads[0], heads[-1] + 1) if heads == list(range(heads[0], heads[-1] + 1)) else heads
+
+
 def _full(call, heads) -> torch.Tensor:
-    """The original attention of the unconverted heads: [B, h, T_q, D_v]."""
-    allowed = call.allowed
-    mask = call.bias if call.bias is not None else allowed
+    """The original attention of the unconverted heads (a list or a slice): [B, h, T_q, D_v]."""
+    mask = call.bias if call.bias is not None else call.allowed
+    if not isinstance(heads, slice):  # index_select: a list index (advanced indexing) costs more on the CPU
+        heads = torch.tensor(heads, device=call.q.device)
+    take = (lambda x: x[:, heads]) if isinstance(heads, slice) else (lambda x: x.index_select(1, heads))  # noqa: E731
     if mask is not None and mask.shape[1] > 1:
-        mask = mask[:, heads]
-    return torch.nn.functional.scaled_dot_product_attention(
-        call.q[:, heads], call.k[:, heads], call.v[:, heads], attn_mask=mask, is_causal=call.causal,
-        scale=call.scale)
+        mask = take(mask)
+    return torch.nn.functional.scaled_dot_product_attention(take(call.q), take(call.k), take(call.v), attn_mask=mask,
+                                                            is_causal=call.causal, scale=call.scale)
