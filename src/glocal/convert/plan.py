@@ -194,7 +194,7 @@ def plan_from_report(report, model=None, inputs=None, validation=None, windows=(
     target = min_cosine + margin
     budget = 1.0 - target
     slack = budget / 100
-    bar = _Bar(progress, 2 * len(pairs) + 16)
+    bar = _Bar(progress, 3 * len(pairs) + 16)  # at most 3 trials per head, then ~16 plan checks
     trials = 0
     reference = {}
 
