@@ -218,21 +218,21 @@ def plan_from_report(report, model=None, inputs=None, validation=None, windows=(
     middle = [Local(w, sinks) for w in sorted(windows)[1:]]
     best, effect = {}, {}
     for p in order:
-        cost_order = {cheapest: 1.0 - quality({p: cheapest}, trial, "trial")[0]}
-        if cost_order[cheapest] > slack:
-            cost_order[faithful] = 1.0 - quality({p: faithful}, trial, "trial")[0]
-            if min(cost_order.values()) <= budget and cost_order[cheapest] > cost_order[faithful] + slack:
+        effects = {cheapest: 1.0 - quality({p: cheapest}, trial, "trial")[0]}
+        if effects[cheapest] > slack and faithful != cheapest:
+            effects[faithful] = 1.0 - quality({p: faithful}, trial, "trial")[0]
+            if min(effects.values()) <= budget and effects[cheapest] > effects[faithful] + slack:
                 for rule in middle:  # cheaper than the faithful rule; stop at the first within slack
                     if rule != faithful:
-                        cost_order[rule] = 1.0 - quality({p: rule}, trial, "trial")[0]
-                        if cost_order[rule] <= cost_order[faithful] + slack:
+                        effects[rule] = 1.0 - quality({p: rule}, trial, "trial")[0]
+                        if effects[rule] <= effects[faithful] + slack:
                             break
-        lowest = min(cost_order.values())
+        lowest = min(effects.values())
         if lowest > budget:
             continue
         rank = [cheapest] + middle + [faithful]  # cost order
-        best[p] = next(r for r in rank if r in cost_order and cost_order[r] <= lowest + slack)
-        effect[p] = cost_order[best[p]]
+        best[p] = next(r for r in rank if r in effects and effects[r] <= lowest + slack)
+        effect[p] = effects[best[p]]
     queue = sorted(best, key=lambda p: effect[p])
     if max_heads is not None:
         queue = queue[:max_heads]
