@@ -23,6 +23,27 @@ if not torch.cuda.is_available():
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def interpreted(kernels: str, kernel: str, ops: str):
+    """Body of a module fixture running the Triton kernels of ``glocal.backends.triton.<kernels>`` through the
+    interpreter with NaN-poisoned outputs; yields ``glocal.backends.triton.<ops>``."""
+    import importlib
+
+    from glocal import config
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRITON_INTERPRET", "1")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(getattr(importlib.import_module(f"glocal.backends.triton.{kernels}"), kernel),
+                      InterpretedFunction):
+        # triton decorates its own library for the interpreter only when imported with the variable set.
+        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it on "
+                    "machines without a GPU)")
+    with config.nan_poisoning(True):
+        yield importlib.import_module(f"glocal.backends.triton.{ops}")
+    mp.undo()
+
+
 def sweep_size(default: int) -> int:
     """Number of configurations a seeded sweep runs: ``GLOCAL_SWEEP`` if set, else ``default``."""
     value = os.environ.get("GLOCAL_SWEEP")

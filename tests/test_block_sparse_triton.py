@@ -22,7 +22,7 @@ import sys
 
 import pytest
 import torch
-from conftest import sweep_size
+from conftest import interpreted, sweep_size
 
 import glocal
 from glocal import config
@@ -40,19 +40,7 @@ SMALL = dict(moba_fwd_q=16, moba_fwd_k=16, moba_dq_q=32, moba_dq_k=16, moba_bwd_
 @pytest.fixture(scope="module")
 def interpret():
     """Run the kernels through the interpreter, with NaN-poisoned outputs; yields the host module."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from glocal.backends.triton import block_sparse_kernels, block_sparse_ops
-
-    if not isinstance(block_sparse_kernels._moba_fwd_kernel, InterpretedFunction):
-        # triton decorates its own library for the interpreter only when imported with the variable set.
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it on "
-                    "machines without a GPU)")
-    with config.nan_poisoning(True):
-        yield block_sparse_ops
-    mp.undo()
+    yield from interpreted("block_sparse_kernels", "_moba_fwd_kernel", "block_sparse_ops")
 
 
 def _reference(spec, q, k, v, selection, scale):

@@ -22,9 +22,8 @@ import time
 
 import pytest
 import torch
-from conftest import backend_run, sweep_size
+from conftest import backend_run, interpreted, sweep_size
 
-from glocal import config
 from glocal.backends import choose_backend
 from glocal.backends.reference import neighborhood as reference
 from glocal.spec import AttentionSpec, make_neighborhood_spec
@@ -42,19 +41,7 @@ SMALL = {1: SMALL_1D, 2: SMALL_2D, 3: SMALL_3D}
 @pytest.fixture(scope="module")
 def interpret():
     """Run the kernels through the interpreter, with NaN-poisoned outputs; yields the ops module."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from glocal.backends.triton import kernels, ops
-
-    if not isinstance(kernels._fwd_kernel, InterpretedFunction):
-        # triton decorates its own library for the interpreter only when imported with the variable set.
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it on "
-                    "machines without a GPU)")
-    with config.nan_poisoning(True):
-        yield ops
-    mp.undo()
+    yield from interpreted("kernels", "_fwd_kernel", "ops")
 
 
 def _compare(ops, spec, batch=1, hq=2, hkv=2, d_qk=16, d_v=16, extra=0, dtype=torch.float32, tiles=None,

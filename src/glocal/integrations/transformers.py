@@ -280,48 +280,26 @@ def _replaced_heads(call, rules: dict, causal: bool) -> list:
     return [(hs, probs_of(hs, rule)) for rule, hs in _rule_groups(rules).items()]
 
 
-def _fused_groups(rules: dict, heads: int) -> tuple[list, dict]:
-    """Split a layer's plan by how it runs on whole sequences.
-
-    Rules with an ``attend_heads(q, k, v, rules, scale, causal, valid)`` method (Local and Hybrid) run all
-    their heads in one call, one call per such method: ([(attend_heads, [rule or None per head])]). Any other
-    rule object runs its heads through ``attend``: ({rule: [heads]}).
-    """
-    fused: dict = {}
-    others: dict = {}
-    for h, rule in sorted(rules.items()):
-        attend_heads = getattr(rule, "attend_heads", None)
-        if attend_heads is None:
-            others.setdefault(rule, []).append(h)
-        else:
-            fused.setdefault(attend_heads, [None] * heads)[h] = rule
-    return list(fused.items()), others
-
-
 def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
     """Run a layer with some heads converted. Returns [B, T_q, H, D_v] (heads-last from here on).
 
-    Whole sequences: the converted heads run fused (one ``attend_heads`` call for all Local/Hybrid heads),
-    the unconverted ones as one SDPA call. A decoding step (T_q < T_k): all converted heads as one dense
-    call with a per-head mask from their rules' ``mask``.
+    Whole sequences: the converted heads run fused (the rules' ``attend_heads``, one call for all Local/Hybrid
+    heads; a rule object without it runs its heads through ``attend``), the unconverted ones as one SDPA call.
+    A decoding step (T_q < T_k): all converted heads as one dense call with a per-head mask from their rules'
+    ``mask``.
     """
     q, k, v = call.q.transpose(1, 2), call.k.transpose(1, 2), call.v.transpose(1, 2)
     batch, tq, heads, _ = q.shape
-    out = None
     if tq == k.shape[1]:
         valid = None if call.allowed is None else call.k_pos.rank >= 0
-        fused, others = _fused_groups(rules, heads)
-        for attend_heads, per_head in fused:
-            o = attend_heads(q, k, v, per_head, call.scale, causal, valid)
-            if out is None:
-                out = o
-            else:
-                hs = [h for h, r in enumerate(per_head) if r is not None]
-                out[:, :, hs] = o[:, :, hs].to(out.dtype)
-        if out is None:
+        fused = next((r.attend_heads for r in rules.values() if getattr(r, "attend_heads", None)), None)
+        if fused is not None:
+            out = fused(q, k, v, [rules.get(h) for h in range(heads)], call.scale, causal, valid)
+        else:
             out = q.new_zeros(batch, tq, heads, v.shape[-1])
-        for rule, hs in others.items():
-            out[:, :, hs] = rule.attend(q[:, :, hs], k[:, :, hs], v[:, :, hs], call.scale, causal, valid).to(out.dtype)
+            for rule, hs in _rule_groups(rules).items():
+                out[:, :, hs] = rule.attend(q[:, :, hs], k[:, :, hs], v[:, :, hs], call.scale, causal,
+                                            valid).to(out.dtype)
     else:
         out = q.new_zeros(batch, tq, heads, v.shape[-1])
         hs = sorted(rules)
@@ -331,25 +309,26 @@ def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
         out[:, :, hs] = o.to(out.dtype)
     full = [h for h in range(heads) if h not in rules]
     if full:
-        at = _as_slice(full)
+        at = _heads_index(full, out.device)
         o = _full(call, at).transpose(1, 2).to(out.dtype)
         if isinstance(at, slice):
             out[:, :, at] = o
         else:
-            out.index_copy_(2, torch.tensor(full, device=out.device), o)
+            out.index_copy_(2, at, o)
     return out
 
 
-def _as_slice(heads: list[int]):
-    """A run of heads as a slice (views, no gather or scatter copies); other sets stay a list."""
-    return slice(heads[0], heads[-1] + 1) if heads == list(range(heads[0], heads[-1] + 1)) else heads
+def _heads_index(heads: list[int], device):
+    """A run of heads as a slice (views, no gather or scatter copies), other sets as an index tensor
+    (index_select / index_copy_: a list index costs several times more on the CPU)."""
+    if heads == list(range(heads[0], heads[-1] + 1)):
+        return slice(heads[0], heads[-1] + 1)
+    return torch.tensor(heads, device=device)
 
 
 def _full(call, heads) -> torch.Tensor:
-    """The original attention of the unconverted heads (a list or a slice): [B, h, T_q, D_v]."""
+    """The original attention of the unconverted heads (a slice or an index tensor): [B, h, T_q, D_v]."""
     mask = call.bias if call.bias is not None else call.allowed
-    if not isinstance(heads, slice):  # index_select: a list index (advanced indexing) costs more on the CPU
-        heads = torch.tensor(heads, device=call.q.device)
     take = (lambda x: x[:, heads]) if isinstance(heads, slice) else (lambda x: x.index_select(1, heads))  # noqa: E731
     if mask is not None and mask.shape[1] > 1:
         mask = take(mask)

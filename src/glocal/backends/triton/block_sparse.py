@@ -33,12 +33,9 @@ from __future__ import annotations
 import torch
 
 from ...spec import BlockSparseSpec
-from . import interpreting, triton_installed
+from . import tensor_reasons, triton_installed
 
 NAME = "triton"
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAX_HEAD_DIM = 256
 
 
 def can_run(spec, tensors: dict) -> list[str]:
@@ -52,25 +49,7 @@ def can_run(spec, tensors: dict) -> list[str]:
     if len(spec.grid) != 1:
         reasons.append(f"triton runs block-routed attention over sequences (1-D grids) only; got grid={spec.grid}; "
                        "use the cpu or reference backend for N-D grids (VMoBA)")
-    if q.device.type != "cuda" and not interpreting():
-        reasons.append(f"triton needs CUDA tensors (got device {q.device.type!r}); "
-                       "set TRITON_INTERPRET=1 to run its kernels on the CPU through the interpreter")
-    if q.dtype not in _DTYPES:
-        reasons.append(f"triton runs float16, bfloat16 and float32 (as TF32), not {q.dtype}")
-    elif q.dtype == torch.bfloat16 and q.device.type != "cuda" and interpreting():
-        # Seen with Triton 3.6 and 3.9: the interpreter's bfloat16 tl.dot returns garbage.
-        reasons.append("Triton's interpreter (TRITON_INTERPRET=1) computes bfloat16 matrix products wrongly; "
-                       "run bfloat16 on a GPU, or pass float16 or float32 tensors to the interpreter")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        width = x.shape[-1]
-        if width == 0 or width > _MAX_HEAD_DIM or width % 8 != 0:
-            reasons.append(f"triton takes head dims that are multiples of 8 up to {_MAX_HEAD_DIM}; "
-                           f"got {name}.shape[-1]={width}")
-            break
-    per_batch = max(x[0].numel() for x in (q, k, v)) if q.shape[0] else 0
-    if per_batch >= 2**31:
-        reasons.append(f"triton indexes one batch entry with 32-bit offsets; got {per_batch} elements per "
-                       "entry; split the batch or the heads")
+    reasons += tensor_reasons(q, k, v)
     if selection.dtype != torch.bool or selection.device != q.device:
         reasons.append(f"triton reads the selection as a bool tensor on q's device; got "
                        f"selection.dtype={selection.dtype}, selection.device={selection.device}, q.device={q.device}")

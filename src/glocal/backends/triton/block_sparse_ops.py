@@ -25,7 +25,7 @@ import torch
 
 from ...config import triton_tile_overrides
 from . import block_sparse_kernels as kernels
-from .ops import _alloc, _block, _cdiv, _launch, _launch_checks
+from .ops import _alloc, _backward_inputs, _block, _cdiv, _launch, _launch_checks
 
 # Query tile and key sub-tile of the forward (fwd_q, fwd_k) and of the dQ pass (dq_q, dq_k), key
 # sub-tile and query tile of the dK/dV pass (bwd_k, bwd_q), and the launch options. Sizes are
@@ -154,17 +154,7 @@ def backward(spec, q, k, v, selection, out, lse, dout, dlse, scale: float, table
     block_size = spec.block_shape[0]
     n_blocks = selection.shape[-1]
     cfg = config(max(_block(d_qk), _block(d_v)), q.element_size(), block_size)
-    q, k, v, dout = (x.contiguous() for x in (q, k, v, dout))
-    # delta_i = sum_d dO·O - dlse_i: the softmax-backward row term; an lse gradient enters as
-    # d(lse)/d(s_ij) = p_ij, i.e. as a shift of delta.
-    delta = (dout.float() * out.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    delta = delta.contiguous()
-    lse = lse.contiguous()
-    dq = _alloc(q.shape, q.dtype, q.device)
-    dk = _alloc(k.shape, k.dtype, k.device)
-    dv = _alloc(v.shape, v.dtype, v.device)
+    q, k, v, dout, lse, delta, dq, dk, dv = _backward_inputs(q, k, v, out, lse, dout, dlse)
     sel, sel_strides = _selection_bytes(selection)
     common = (*_seq_strides(q), *_seq_strides(k), *_seq_strides(v), *_seq_strides(dout), *lse.stride(),
               *sel_strides)

@@ -181,6 +181,19 @@ def _launch_checks():
         _interpreter_compat()
 
 
+def _backward_inputs(q, k, v, out, lse, dout, dlse):
+    """What both families' backward kernels read and write: contiguous q, k, v, dout, lse, the row term
+    delta, and the gradient buffers dq, dk, dv."""
+    q, k, v, dout = (x.contiguous() for x in (q, k, v, dout))
+    # delta_i = sum_d dO·O - dlse_i: the softmax-backward row term; an lse gradient
+    # enters as d(lse)/d(s_ij) = p_ij, i.e. as a shift of delta.
+    delta = (dout.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    grads = (_alloc(x.shape, x.dtype, x.device) for x in (q, k, v))
+    return (q, k, v, dout, lse.contiguous(), delta.contiguous(), *grads)
+
+
 def _alloc(shape, dtype, device):
     # NaN poisoning (glocal.config.nan_poisoning; GLOCAL_POISON=1 sets it by default) fills kernel outputs with NaN
     # so an element no program writes fails the tests.
@@ -300,17 +313,7 @@ def backward(spec, q, k, v, out, lse, dout, dlse, scale: float):
     d_qk, d_v = q.shape[-1], v.shape[-1]
     cfg = config(ndim, max(_block(d_qk), _block(d_v)), q.element_size())
     L, K, S, D, C = _problem(spec)
-    q, k, v, dout = (x.contiguous() for x in (q, k, v, dout))
-    # delta_i = sum_d dO·O - dlse_i: the softmax-backward row term; an lse gradient
-    # enters as d(lse)/d(s_ij) = p_ij, i.e. as a shift of delta.
-    delta = (dout.float() * out.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    delta = delta.contiguous()
-    lse = lse.contiguous()
-    dq = _alloc(q.shape, q.dtype, q.device)
-    dk = _alloc(k.shape, k.dtype, k.device)
-    dv = _alloc(v.shape, v.dtype, v.device)
+    q, k, v, dout, lse, delta, dq, dk, dv = _backward_inputs(q, k, v, out, lse, dout, dlse)
     common = (*_strides(q, ndim), *_strides(k, ndim), *_strides(v, ndim), *_strides(dout, ndim),
               *_lse_strides(lse, ndim))
 
