@@ -212,11 +212,12 @@ def test_refuses_integer_dtype():
     assert reasons == ["cpu takes float32, float64, bfloat16 or float16; got torch.int32"]
 
 
-def test_refuses_dense_attention():
-    # The cpu backend has no dense-attention path: dense attention on CPU tensors goes to the reference.
-    q = torch.zeros(1, 4, 1, 8)
-    assert backends.load("cpu", "dense") is None
-    with pytest.raises(RuntimeError, match="backend 'cpu' cannot run this problem: cpu does not implement AttentionSpec"):
+def test_dense_attention_on_meta_tensors_goes_to_the_reference():
+    # The cpu dense path (torch's flash kernel) runs CPU tensors only and says why it refuses others.
+    q = torch.zeros(1, 4, 1, 8, device="meta")
+    assert backends.load("cpu", "dense") is not None
+    with pytest.raises(RuntimeError, match="backend 'cpu' cannot run this problem: cpu runs dense attention on CPU "
+                                           "tensors; got q.device=meta"):
         backends.choose_backend(AttentionSpec(4, 4, False), {"q": q, "k": q, "v": q}, "cpu")
     assert backends.choose_backend(AttentionSpec(4, 4, False), {"q": q, "k": q, "v": q}).NAME == "reference"
 

@@ -47,7 +47,7 @@ from ..spec import NeighborhoodSpec
 BACKENDS = ("cpu", "triton", "flex", "reference")
 PRIORITY = {
     "neighborhood": {"cpu": ("cpu", "reference"), "cuda": ("triton", "flex", "reference")},
-    "dense": {"cpu": ("reference",), "cuda": ("flex", "reference")},
+    "dense": {"cpu": ("cpu", "reference"), "cuda": ("flex", "reference")},
     "merge": {"cpu": ("reference",), "cuda": ("reference",)},
     "linear": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},
     "inline": {"cpu": ("cpu", "reference"), "cuda": ("cpu", "reference")},

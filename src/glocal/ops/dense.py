@@ -28,7 +28,8 @@ def attention(q, k, v, is_causal=False, scale=None, return_lse=False, backend=No
     FlashAttention and the CAB benchmark define it: query i sees key j iff
     j <= i + (T_kv - T_q). A query that sees no key (T_q > T_kv) gets output 0 and lse -inf.
     ``scale=None`` means D_qk ** -0.5 (an explicit 0.0 is honoured). ``backend``: None chooses
-    the first that can run (on the CPU the reference; on CUDA FlexAttention), or name one.
+    the first that can run (on the CPU torch's fused flash kernel, the reference where it cannot run;
+    on CUDA FlexAttention), or name one.
 
     Example:
         >>> import torch, glocal

@@ -60,6 +60,7 @@ from ...masks import block_layout
 from ...numerics import compute_dtype
 from ...spec import BlockSparseSpec
 from .build import kernels
+from .dense import FLASH, flash_backward
 
 NAME = "cpu"
 
@@ -73,8 +74,6 @@ GATHER_ELEMENTS = 1 << 22
 COMPILED_ROWS = 256
 # Whether CPU tiles may use torch's fused flash-attention kernel (tests switch it off to cover the matmul tiles).
 USE_FLASH = True
-_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 _INF = float("inf")
 
 
@@ -148,7 +147,7 @@ class _Layout(NamedTuple):
 def _attend(lay, q4, k4, v4, causal, key_bias):
     """(out [N, H, L, D_v], lse [N, H, L]) of one tile (rows that attend nothing: unspecified)."""
     if lay.flash:
-        return _FLASH(q4, k4, v4, 0.0, causal, attn_mask=key_bias, scale=lay.scale)
+        return FLASH(q4, k4, v4, 0.0, causal, attn_mask=key_bias, scale=lay.scale)
     s = _scores(lay, q4, k4, causal, key_bias)
     top = s.amax(-1, keepdim=True)
     top = torch.where(torch.isinf(top), 0.0, top)
@@ -162,16 +161,7 @@ def _attend(lay, q4, k4, v4, causal, key_bias):
 def _attend_backward(lay, dout4, q4, k4, v4, out4, lse3, dlse3, causal, key_bias):
     """(dq, dk, dv) of one tile from the final out and lse of its rows (lse +inf on rows to ignore)."""
     if lay.flash:
-        if dlse3 is not None:
-            # Fold the lse gradient into the kernel's delta = rowsum(dO * O): an extra channel with
-            # dO = 1 and O = -dlse, and zero queries, keys and values there (scores unchanged).
-            pad = functools.partial(torch.nn.functional.pad, pad=(0, 1))
-            grads = _FLASH_BACKWARD(torch.cat([dout4, torch.ones_like(dlse3)[..., None]], -1), pad(q4), pad(k4),
-                                    pad(v4), torch.cat([out4, -dlse3[..., None]], -1), lse3, 0.0, causal,
-                                    attn_mask=key_bias, scale=lay.scale)
-            return tuple(g[..., :-1] for g in grads)
-        return _FLASH_BACKWARD(dout4.contiguous(), q4, k4, v4, out4, lse3, 0.0, causal, attn_mask=key_bias,
-                               scale=lay.scale)
+        return flash_backward(dout4, q4, k4, v4, out4, lse3, dlse3, causal, lay.scale, key_bias)
     n, h, length = q4.shape[:3]
     hkv = k4.shape[1]
     delta = (dout4 * out4).sum(-1) - (0.0 if dlse3 is None else dlse3)
@@ -566,7 +556,7 @@ def run(spec: BlockSparseSpec, tensors: dict, scale: float):
     q, k, v, selection = tensors["q"], tensors["k"], tensors["v"], tensors["selection"]
     compute = compute_dtype(q)
     qf, kf, vf = q.flatten(1, -3), k.flatten(1, -3), v.flatten(1, -3)
-    flash = (USE_FLASH and _FLASH is not None and q.device.type == "cpu" and q.shape[-1] == v.shape[-1])
+    flash = (USE_FLASH and FLASH is not None and q.device.type == "cpu" and q.shape[-1] == v.shape[-1])
     lay = _Layout(qf.shape[0], qf.shape[1], kf.shape[1], qf.shape[2], kf.shape[2], spec.is_causal, float(scale),
                   flash)
     dv = v.shape[-1]
