@@ -5,6 +5,7 @@ Usage:
     glocal bench --config 2d:64x64,k7,h4,dim64 --backward --json out.json --plot out.png
     glocal bench --scaling --plot scaling.png     # 2-D grids 32x32 .. 256x256 at K=7
     glocal bench --family global                  # the global-attention family
+    glocal bench --family hybrid --plot hybrid.png  # hybrid layers and schedules vs dense attention
     glocal bench --family models --plot models.png  # whole Hugging Face models: original vs converted/accelerated
     glocal bench --device cuda                    # the GPU suite
     glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
@@ -44,8 +45,10 @@ def add_arguments(parser) -> None:
                         help="CPU threads for every implementation (torch.set_num_threads); default: torch's")
     parser.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention (saves its compile time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--family", choices=["neighborhood", "global", "routed", "models"], default="neighborhood",
+    parser.add_argument("--family", choices=["neighborhood", "global", "routed", "hybrid", "models"],
+                        default="neighborhood",
                         help="benchmark family (default neighborhood; routed: MoBA, VMoBA, RAT, Parallax, LLA; "
+                             "hybrid: hybrid layers, MoH and layer schedules vs dense; "
                              "models: MiniLM converted, ModernBERT and a Mistral-style LM accelerated, needs "
                              "transformers)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
@@ -94,37 +97,38 @@ def _global_family(args) -> int:
     return 0
 
 
-def _routed_family(args) -> int:
+def _family(args, suite, name: str, title: str) -> int:
+    """A family module with ``run(repeats, quick, progress)``, ``format_table(rows)`` and ``plot(rows, path, title)``."""
     import torch
 
-    from . import routed
+    from .neighborhood import cpu_model, machine
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
-    from .neighborhood import cpu_model
-
-    print(f"glocal bench --family routed: {cpu_model()}, {torch.get_num_threads()} CPU threads, "
+    print(f"glocal bench --family {name}: {cpu_model()}, {torch.get_num_threads()} CPU threads, "
           f"torch {torch.__version__}, median of {repeats}", flush=True)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(routed.TARGETS), desc="routed", unit="row", file=sys.stderr)
+        bar = tqdm(desc=name, unit="part", file=sys.stderr)
 
     def progress(done, total):
         if bar is not None:
-            bar.n = done
+            bar.total, bar.n = total, done
             bar.refresh()
 
-    rows = routed.run(repeats=repeats, quick=args.quick, progress=progress)
-    if bar is not None:
-        bar.close()
-    print(routed.format_table(rows))
+    try:
+        rows = suite.run(repeats=repeats, quick=args.quick, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(suite.format_table(rows))
     if args.json:
-        from .neighborhood import machine
-
-        _write_json(args.json, {"family": "routed", "machine": machine(), "repeats": repeats, "results": rows})
+        _write_json(args.json, {"family": name, "machine": machine(), "repeats": repeats, "results": rows})
     if args.plot:
-        routed.plot(rows, args.plot, "routed attention vs dense SDPA, CPU float32")
+        suite.plot(rows, args.plot, title)
         print(f"wrote {args.plot}")
     return 0
 
@@ -190,7 +194,13 @@ def main(args) -> int:
     if args.family == "global":
         return _global_family(args)
     if args.family == "routed":
-        return _routed_family(args)
+        from . import routed
+
+        return _family(args, routed, "routed", "routed attention vs dense SDPA, CPU float32")
+    if args.family == "hybrid":
+        from . import hybrid
+
+        return _family(args, hybrid, "hybrid", "6-layer ModernBERT schedule vs every layer global, CPU float32")
     if args.family == "models":
         return _models_family(args)
 

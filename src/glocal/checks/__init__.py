@@ -56,6 +56,15 @@ from .global_tokens import (  # noqa: F401
     grid_tensors,
     reduction,
 )
+from .hybrid import (  # noqa: F401
+    head_branches,
+    hybrid_branch,
+    positive_int,
+    rope_dims,
+    schedule_pattern,
+    schedule_settings,
+    window_border,
+)
 from .linear import (  # noqa: F401
     chunk_size,
     feature_map,
@@ -73,6 +82,7 @@ from .local_linear import (  # noqa: F401
     window_size,
 )
 from .modules import module_dims, module_global_tokens, module_input  # noqa: F401
+from .moh import MOH_ROUTERS, moh_args  # noqa: F401
 from .neighborhood import (  # noqa: F401
     additional_kv,
     neighborhood_args,
@@ -80,3 +90,10 @@ from .neighborhood import (  # noqa: F401
     window_args,
 )
 from .rat import rat_gate_range, rat_module_args, rat_tensors  # noqa: F401
+from .routed_layer import (  # noqa: F401
+    routed_cache,
+    routed_force,
+    routed_layer_args,
+    routed_sequence,
+    sparsity_target,
+)

@@ -55,7 +55,7 @@ import torch
 
 from .. import checks
 from ..integrations import transformers as hf
-from ..numerics import dense_attention
+from ..nn.schedules import banded_attention
 from ..ops import na1d
 
 # The attention implementations whose masks glocal reads: sdpa (boolean) and eager (additive 0 / dtype minimum).
@@ -210,20 +210,7 @@ class BidirectionalWindow(_Window):
 
     def attend(self, q, k, v, scale: float) -> torch.Tensor:
         """The window over whole sequences of real tokens: q [B, L, H_q, D] -> [B, L, H_q, D_v]."""
-        length, r = q.shape[1], self.radius
-        idx = torch.arange(min(length, 2 * r), device=q.device)
-        band = self.allowed(idx[:, None], idx[None, :])
-        if length < 2 * r + 1:  # every query's window is cut by a border: one small dense attention
-            return dense_attention(q, k, v, scale, band)[0]
-        out = na1d(q, k, v, kernel_size=2 * r + 1, scale=scale)  # exact for queries r .. length - r - 1
-        if r == 0:
-            return out
-        # The first and last r queries see windows cut by the border, which glocal's window (shifted inward,
-        # always 2r + 1 keys) does not give: recompute them densely over the 2r keys at each end.
-        edge = 2 * r
-        head = dense_attention(q[:, :r], k[:, :edge], v[:, :edge], scale, band[:r])[0]
-        tail = dense_attention(q[:, length - r:], k[:, length - edge:], v[:, length - edge:], scale, band[r:])[0]
-        return torch.cat([head, out[:, r:length - r], tail], 1)
+        return banded_attention(q, k, v, self.radius, scale)
 
 
 # transformers passes one mask object to every layer of a type in a forward; its layout is read once.

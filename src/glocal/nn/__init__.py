@@ -14,20 +14,30 @@ from .global_modules import (
     LinearAttention,
     LocalConcentrationAttention,
 )
+from .hybrid import HybridAttention
 from .local_linear import ParallaxAttention
+from .moh import MoHAttention
 from .rat import RATAttention
+from .routed_layer import RoutedCache, RoutedLayer
+from .schedules import HybridDecoder, HybridEncoder
 
 __all__ = [
     "Attention",
     "ChannelAttention",
     "CompressedAttention",
     "GlobalTokenAttention",
+    "HybridAttention",
+    "HybridDecoder",
+    "HybridEncoder",
     "InLineAttention",
     "LinearAttention",
     "LocalConcentrationAttention",
+    "MoHAttention",
     "NeighborhoodAttention1D",
     "NeighborhoodAttention2D",
     "NeighborhoodAttention3D",
     "ParallaxAttention",
     "RATAttention",
+    "RoutedCache",
+    "RoutedLayer",
 ]

@@ -1,0 +1,262 @@
+"""Local + global in one layer: a neighborhood branch and a global branch, merged exactly or gated per head.
+
+Shapes: x [B, T, dim] (ndim=1) or [B, *spatial, dim] (ndim=2, 3) -> the same shape.
+
+Example:
+    >>> import torch, glocal
+    >>> layer = glocal.nn.HybridAttention(64, 4, kernel_size=5, global_branch="compressed", ndim=2, reduction=4)
+    >>> layer(torch.randn(1, 16, 16, 64)).shape
+    torch.Size([1, 16, 16, 64])
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from .. import checks
+from ..backends.cpu.dense import masked_attention
+from ..checks.hybrid import BRANCH_OPTIONS
+from ..masks import pool_tokens
+from ..numerics import merge_lse
+from ..ops import (
+    attention,
+    linear_attention,
+    moba_attention,
+    moba_attention_nd,
+    neighborhood_attention,
+)
+from ..spec import axis_window
+from .attention import _QKVModule
+from .rope import rope, rope_grid
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_touches(length: int, kernel: int, dilation: int, causal: bool, reduction: int, device: str):
+    """bool [length, n_blocks]: whether the window of query x along one axis holds a token of block b
+    (blocks of ``reduction`` tokens). Exact under dilation: only the window's own keys count."""
+    x = torch.arange(length, device=device)
+    group, lo, hi = axis_window(x, length, kernel, 1, dilation, causal)
+    steps = torch.arange(kernel, device=device)
+    # A causal window near the start holds fewer than `kernel` keys; repeat its first key for the rest.
+    slot = torch.minimum(lo[:, None] + steps, hi[:, None] - 1)
+    blocks = (slot * dilation + group[:, None]) // reduction
+    n_blocks = -(-length // reduction)
+    return torch.zeros(length, n_blocks, dtype=torch.bool, device=device).scatter_(1, blocks, True)
+
+
+@functools.lru_cache(maxsize=32)
+def compressed_keys_allowed(grid: tuple, kernel: tuple, dilation: tuple, reduction: tuple, is_causal: bool,
+                            exclude_window: bool, device: str) -> torch.Tensor:
+    """bool [N, n_blocks]: the pooled blocks each query attends in the compressed global branch.
+
+    A block (a box of ``reduction`` tokens per axis, row-major) is excluded when ``exclude_window``
+    and the query's neighborhood holds any of its tokens (those tokens are attended exactly by the
+    window, so the block's summary would count them twice); when causal (sequences), a block is
+    attended only once all its tokens are at or before the query.
+    """
+    allowed = None
+    for length, k, d, r in zip(grid, kernel, dilation, reduction):
+        touches = _axis_touches(length, k, d, is_causal, r, device)
+        allowed = touches if allowed is None else \
+            (allowed[:, None, :, None] & touches[None, :, None, :]).flatten(0, 1).flatten(1, 2)
+    allowed = ~allowed if exclude_window else torch.ones_like(allowed)
+    if is_causal:
+        (length,), (r,) = grid, reduction
+        last = torch.clamp((torch.arange(allowed.shape[1], device=device) + 1) * r, max=length) - 1
+        allowed = allowed & (last[None, :] <= torch.arange(length, device=device)[:, None])
+    return allowed
+
+
+class HybridAttention(_QKVModule):
+    """A neighborhood branch plus a global branch in one layer, combined exactly or by a learned gate.
+
+    Shapes: x [B, T, dim] (ndim=1) or [B, *spatial, dim] (ndim=2, 3) -> the same shape; dim is split
+    into num_heads heads of dim // num_heads channels. q, k, v come from one projection; both
+    branches read the same q, k, v.
+
+    Branches (``global_branch``):
+        "full"        every token;
+        "tokens"      G global tokens: ``num_global_tokens`` learned embeddings projected by the layer's
+                      qkv, or the input pooled by ``pool`` per axis (GC ViT's global token generator);
+        "compressed"  keys and values average-pooled over boxes of ``reduction`` tokens per axis (PVT);
+        "linear"      kernelised linear attention over every token (``feature_map``);
+        "moba"        block-routed attention (MoBA on sequences, VMoBA on grids; ``block_size``, ``top_k``).
+    The local branch is neighborhood attention with ``kernel_size`` and ``dilation`` (DESIGN.md §1).
+
+    Combining (``combine``):
+        "merge"  one softmax over the union of both key sets, computed by an lse merge of the two
+                 branches. Where the sets overlap the overlap is removed from the global side, so no
+                 key is counted twice: "full" minus the window is every other token, so a merged
+                 full head is exactly full attention; global tokens are keys of their own (no
+                 overlap); a pooled block is dropped for a query whose window holds any of its
+                 tokens (they are attended exactly there; the block's tokens outside the window are
+                 then not seen by that query), and, when causal, until all its tokens are in the past.
+                 "linear" and "moba" take "gate": linear attention has no softmax keys to unite
+                 with the window, and a merge with MoBA would need each query's window removed from
+                 its routed blocks, which its kernels do not do (not built).
+        "gate"   out_h = s_h * local_h + (1 - s_h) * global_h with s_h = sigmoid(gate_logit_h), one
+                 learned logit per head (initialised to 0: an even mix), each branch its own softmax.
+    ``head_branches`` sets per head which branch it runs: "local", "global" or "both" (the combined
+    layer; the default for every head). ``is_causal`` (sequences only): the window ends at the query,
+    the global branch never reads a later token (pooled tokens are refused; pooled blocks wait until
+    complete). ``rope_theta``: rotate q and k before both branches (``rope`` for sequences,
+    ``rope_grid`` for grids; learned global tokens are not rotated).
+
+    Example:
+        >>> import torch, glocal
+        >>> layer = glocal.nn.HybridAttention(64, 4, kernel_size=7, global_branch="tokens", num_global_tokens=4,
+        ...                                   head_branches=("both", "both", "local", "global"))
+        >>> layer(torch.randn(2, 50, 64)).shape
+        torch.Size([2, 50, 64])
+    """
+
+    def __init__(self, dim, num_heads, kernel_size, global_branch, combine="merge", ndim=1, dilation=1,
+                 is_causal=False, head_branches=None, num_global_tokens=None, pool=None, reduction=None,
+                 block_size=None, top_k=None, feature_map=None, rope_theta=None, qkv_bias=True, qk_scale=None,
+                 proj_drop=0.0):
+        super().__init__(dim, num_heads, qkv_bias, proj_drop)
+        options = dict(num_global_tokens=num_global_tokens, pool=pool, reduction=reduction, block_size=block_size,
+                       top_k=top_k, feature_map=feature_map)
+        checks.hybrid_branch(global_branch, combine, ndim, is_causal, options)
+        checks.scale(qk_scale)
+        self.kernel_size = checks.per_axis("kernel_size", kernel_size, ndim, int)
+        self.dilation = checks.per_axis("dilation", dilation, ndim, int)
+        checks.window_args(self.kernel_size, (1,) * ndim, self.dilation)
+        self.global_branch, self.combine, self.ndim, self.is_causal = global_branch, combine, ndim, is_causal
+        self.head_branches = checks.head_branches(head_branches, num_heads)
+        checks.rope_dims(rope_theta, self.head_dim, ndim)
+        self.scale, self.rope_theta = qk_scale, rope_theta
+        self.pool = None if pool is None else checks.reduction(pool, ndim)
+        self.reduction = None if reduction is None else checks.reduction(reduction, ndim)
+        self.block_size = block_size if block_size is None or ndim == 1 else checks.block_shape(block_size, ndim)
+        self.top_k, self.feature_map = top_k, feature_map
+        self.global_tokens = None
+        if num_global_tokens is not None:
+            self.global_tokens = nn.Parameter(torch.randn(checks.positive_int("num_global_tokens",
+                                                                              num_global_tokens), dim) * 0.02)
+        self.gate_logit = nn.Parameter(torch.zeros(num_heads)) if combine == "gate" else None
+        heads = {kind: [h for h, b in enumerate(self.head_branches) if b == kind] for kind in ("local", "global", "both")}
+        self._local_heads = sorted(heads["local"] + heads["both"])
+        self._global_heads = sorted(heads["global"] + heads["both"])
+
+    # -- the branches ------------------------------------------------------------------------------
+
+    def _local(self, q, k, v, extra_k=None, extra_v=None):
+        return neighborhood_attention(q, k, v, self.kernel_size, dilation=self.dilation, is_causal=self.is_causal,
+                                      scale=self.scale, additional_keys=extra_k, additional_values=extra_v,
+                                      return_lse=True)
+
+    def _tokens(self, x, q, k, v, heads):
+        """The global tokens' keys and values [B, G, h, D] for the heads ``heads``."""
+        if self.global_tokens is None:
+            return pool_tokens(k, self.pool).flatten(1, -3), pool_tokens(v, self.pool).flatten(1, -3)
+        _, gk, gv = self._qkv(self.global_tokens[None])
+        return (t[:, :, heads].expand(x.shape[0], -1, -1, -1) for t in (gk, gv))
+
+    def _compressed(self, q, k, v, exclude_window: bool):
+        """Dense attention over pooled blocks, masked as :func:`compressed_keys_allowed` says; (out, lse)."""
+        allowed = compressed_keys_allowed(tuple(q.shape[1:-2]), self.kernel_size, self.dilation, self.reduction,
+                                          self.is_causal, exclude_window, str(q.device))
+        kp, vp = pool_tokens(k, self.reduction).flatten(1, -3), pool_tokens(v, self.reduction).flatten(1, -3)
+        scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        out, lse = masked_attention(q.flatten(1, -3), kp, vp, scale, allowed)
+        return out.reshape(q.shape), lse.reshape(q.shape[:-1])
+
+    def _global(self, x, q, k, v, heads):
+        """The global branch alone for heads ``heads`` (each its own softmax)."""
+        if self.global_branch == "full":
+            flat = attention(q.flatten(1, -3), k.flatten(1, -3), v.flatten(1, -3), is_causal=self.is_causal,
+                             scale=self.scale)
+            return flat.reshape(q.shape)
+        if self.global_branch == "tokens":
+            gk, gv = self._tokens(x, q, k, v, heads)
+            return attention(q.flatten(1, -3), gk, gv, scale=self.scale).reshape(q.shape)
+        if self.global_branch == "compressed":
+            return self._compressed(q, k, v, exclude_window=False)[0]
+        if self.global_branch == "linear":
+            flat = linear_attention(q.flatten(1, -3), k.flatten(1, -3), v.flatten(1, -3),
+                                    self.feature_map or "elu1", self.is_causal)
+            return flat.reshape(q.shape)
+        if self.ndim == 1:
+            return moba_attention(q, k, v, self.block_size, top_k=self.top_k, is_causal=self.is_causal,
+                                  scale=self.scale)
+        return moba_attention_nd(q, k, v, self.block_size, top_k=self.top_k, scale=self.scale)
+
+    def _merged(self, x, q, k, v, heads):
+        """One softmax over the window and the global keys (overlap removed) for heads ``heads``."""
+        if self.global_branch == "full":  # the window is inside the full key set: the union is all tokens
+            return self._global(x, q, k, v, heads)
+        if self.global_branch == "tokens":
+            gk, gv = self._tokens(x, q, k, v, heads)
+            return self._local(q, k, v, gk, gv)[0]
+        out, lse = self._local(q, k, v)
+        out_c, lse_c = self._compressed(q, k, v, exclude_window=True)
+        return merge_lse([out, out_c], [lse, lse_c])[0]
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        checks.module_input(x, self.dim, self.ndim)
+        q, k, v = self._qkv(x)
+        if self.rope_theta is not None:
+            rotate = rope if self.ndim == 1 else rope_grid
+            positions = (torch.arange(x.shape[1], device=x.device),) if self.ndim == 1 else ()
+            q, k = rotate(q, *positions, theta=self.rope_theta), rotate(k, *positions, theta=self.rope_theta)
+        if self.combine == "merge":
+            # Each head runs one of three computations; run each on its heads, then put the heads back in order.
+            runs = {"local": lambda q, k, v, heads: self._local(q, k, v)[0],
+                    "global": lambda q, k, v, heads: self._global(x, q, k, v, heads),
+                    "both": lambda q, k, v, heads: self._merged(x, q, k, v, heads)}
+            order, parts = [], []
+            for kind, run in runs.items():
+                heads = [h for h, b in enumerate(self.head_branches) if b == kind]
+                if heads:
+                    order += heads
+                    parts.append(self._on_heads(heads, run, q, k, v))
+            out = parts[0] if len(parts) == 1 else torch.cat(parts, -2)[..., _inverse(order), :]
+            return self._out(out)
+        # Gate: the local branch on local + both heads, the global one on global + both, mixed per head.
+        s = torch.sigmoid(self.gate_logit)
+        kinds = self.head_branches
+        out = 0
+        if self._local_heads:
+            local = self._on_heads(self._local_heads, lambda q, k, v, heads: self._local(q, k, v)[0], q, k, v)
+            at = [self._local_heads.index(h) if b != "global" else 0 for h, b in enumerate(kinds)]
+            weight = torch.stack([s[h] if b == "both" else s.new_tensor(float(b == "local"))
+                                  for h, b in enumerate(kinds)])
+            out = out + weight[:, None] * _pick(local, at)
+        if self._global_heads:
+            glob = self._on_heads(self._global_heads, lambda q, k, v, heads: self._global(x, q, k, v, heads), q, k, v)
+            at = [self._global_heads.index(h) if b != "local" else 0 for h, b in enumerate(kinds)]
+            weight = torch.stack([1 - s[h] if b == "both" else s.new_tensor(float(b == "global"))
+                                  for h, b in enumerate(kinds)])
+            out = out + weight[:, None] * _pick(glob, at)
+        return self._out(out)
+
+    def _on_heads(self, heads, run, q, k, v):
+        """``run(q, k, v, heads)`` on the heads ``heads`` only (no copy when that is every head)."""
+        if len(heads) == self.num_heads:
+            return run(q, k, v, slice(None))
+        index = torch.tensor(heads, device=q.device)
+        return run(*(t.index_select(-2, index) for t in (q, k, v)), index)
+
+    def extra_repr(self) -> str:
+        options = {name: getattr(self, name) for name in BRANCH_OPTIONS if getattr(self, name, None) is not None}
+        return (f"{super().extra_repr()}, kernel_size={self.kernel_size}, global_branch={self.global_branch!r}, "
+                f"combine={self.combine!r}, " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
+
+
+def _inverse(order: list[int]) -> list[int]:
+    """The permutation that puts heads computed in ``order`` back at their own index."""
+    inverse = [0] * len(order)
+    for i, h in enumerate(order):
+        inverse[h] = i
+    return inverse
+
+
+def _pick(x: torch.Tensor, heads: list[int]) -> torch.Tensor:
+    """``x[..., heads, :]``, without a copy when ``heads`` is every head in order."""
+    return x if heads == list(range(x.shape[-2])) else x[..., heads, :]
