@@ -98,8 +98,8 @@ class ScheduledAttention(nn.Module):
     ``window`` keys ending at the query; ``border="truncate"``: the band |i - j| <= window // 2 cut at
     the ends, see :func:`banded_attention`). "G": every key (causal: every earlier key). "M": MoBA
     (``block_size``, ``top_k``; VMoBA boxes on grids). "N": linear attention with ``feature_map`` over every
-    (earlier) token, no RoPE. RoPE with ``rope_theta`` (None: none) rotates
-    q and k by their positions (sequences) or coordinates (grids, ``rope_grid``).
+    (earlier) token. RoPE with ``rope_theta`` (None: none) rotates q and k by their positions
+    (sequences) or coordinates (grids, ``rope_grid``).
 
     Example:
         >>> import torch
@@ -206,8 +206,7 @@ class HybridBlock(nn.Module):
 def _layer_attention(letter: str, dim: int, num_heads: int, ndim: int, is_causal: bool, options: dict, bias: bool):
     """The attention module of one layer of kind ``letter`` with that letter's ``options``."""
     if letter in "LGMN":
-        return ScheduledAttention(letter, dim, num_heads, ndim, is_causal, rope_theta=options.get("rope_theta"),
-                                  bias=bias, **{k: v for k, v in options.items() if k != "rope_theta"})
+        return ScheduledAttention(letter, dim, num_heads, ndim, is_causal, bias=bias, **options)
     if letter == "R":
         return RATAttention(dim, num_heads, options["chunk_size"], rope_theta=options["rope_theta"], qkv_bias=bias)
     if letter == "P":
