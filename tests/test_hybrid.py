@@ -92,6 +92,19 @@ def reference(layer: glocal.nn.HybridAttention, x: torch.Tensor) -> torch.Tensor
                 glob_k, glob_v = pk, pv
                 union_k, union_v = torch.cat([kh, pk]), torch.cat([vh, pv])
                 union_allowed = torch.cat([local, glob_allowed & ~touched], 1)
+            elif layer.global_branch == "moba" and kind == "both" and layer.combine == "merge":
+                # The top_k best-gated blocks the window does not touch (causal: wholly before the query).
+                sizes = layer.block_size if layer.ndim > 1 else (layer.block_size,)
+                ids, nb = _blocks(grid, tuple(max(1, min(s, g)) for s, g in zip(sizes, grid)))
+                member = F.one_hot(ids, nb).bool()
+                means = (member.double().T @ kh) / member.sum(0)[:, None]
+                union_k, union_v, union_allowed = kh, vh, local.clone()
+                for i in range(n):
+                    cands = [c for c in range(nb) if not bool((local[i] & member[:, c]).any())
+                             and (not layer.is_causal or int(member[:, c].nonzero().max()) <= i)]
+                    cands.sort(key=lambda c: (-float(qh[i].detach() @ means[c].detach()), c))
+                    for c in cands[:layer.top_k]:
+                        union_allowed[i] |= member[:, c]
             if layer.global_branch in ("full", "tokens", "compressed"):
                 glob = _softmax_union(qh, glob_k, glob_v, glob_allowed, scale)
             elif layer.global_branch == "linear":
@@ -132,7 +145,7 @@ def _cases():
             BRANCH_OPTIONS, ("merge", "gate"), (1, 2, 3), (False, True),
             (None, ("both", "local", "global", "both"))):
         name = "tokens" if branch == "pooled" else branch
-        if combine == "merge" and name in ("linear", "moba"):
+        if combine == "merge" and name == "linear":
             continue
         if causal and (ndim > 1 or branch == "pooled"):
             continue

@@ -10,7 +10,7 @@ GLOBAL_BRANCHES = ("full", "tokens", "compressed", "linear", "moba")
 COMBINES = ("merge", "gate")
 HEAD_BRANCHES = ("local", "global", "both")
 # The global branches whose key set is a set of softmax keys, so a union with the window is defined.
-MERGEABLE = ("full", "tokens", "compressed")
+MERGEABLE = ("full", "tokens", "compressed", "moba")
 # Options that belong to one global branch; passing one to another branch would be silently ignored.
 BRANCH_OPTIONS = {"num_global_tokens": "tokens", "pool": "tokens", "reduction": "compressed",
                   "block_size": "moba", "top_k": "moba", "feature_map": "linear"}

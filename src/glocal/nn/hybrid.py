@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from .. import checks
+from ..backends import choose_backend
 from ..backends.cpu.dense import masked_attention
 from ..checks.hybrid import BRANCH_OPTIONS
-from ..masks import pool_tokens
+from ..masks import block_means, pool_tokens
 from ..numerics import merge_lse
 from ..ops import (
     attention,
@@ -28,7 +29,7 @@ from ..ops import (
     moba_attention_nd,
     neighborhood_attention,
 )
-from ..spec import axis_window
+from ..spec import BlockSparseSpec, axis_window
 from .attention import _QKVModule
 from .rope import rope, rope_grid
 
@@ -94,9 +95,10 @@ class HybridAttention(_QKVModule):
                  overlap); a pooled block is dropped for a query whose window holds any of its
                  tokens (they are attended exactly there; the block's tokens outside the window are
                  then not seen by that query), and, when causal, until all its tokens are in the past.
-                 "linear" and "moba" take "gate": linear attention has no softmax keys to unite
-                 with the window, and a merge with MoBA would need each query's window removed from
-                 its routed blocks, which its kernels do not do (not built).
+                 "moba": the ``top_k`` best-gated blocks among those the window does not touch
+                 (and, causal, wholly before it): the window plays the part of MoBA's own block, so
+                 ``top_k`` counts routed blocks only. "linear" has no softmax keys to unite with
+                 the window and takes "gate" (where "moba" is MoBA itself, own block included).
         "gate"   out_h = s_h * local_h + (1 - s_h) * global_h with s_h = sigmoid(gate_logit_h), one
                  learned logit per head (initialised to 0: an even mix), each branch its own softmax.
     ``head_branches`` sets per head which branch it runs: "local", "global" or "both" (the combined
@@ -193,8 +195,27 @@ class HybridAttention(_QKVModule):
             gk, gv = self._tokens(x, q, k, v, heads)
             return self._local(q, k, v, gk, gv)[0]
         out, lse = self._local(q, k, v)
-        out_c, lse_c = self._compressed(q, k, v, exclude_window=True)
-        return merge_lse([out, out_c], [lse, lse_c])[0]
+        out_g, lse_g = self._compressed(q, k, v, exclude_window=True) if self.global_branch == "compressed" \
+            else self._routed_blocks(q, k, v)
+        return merge_lse([out, out_g], [lse, lse_g])[0]
+
+    def _routed_blocks(self, q, k, v):
+        """(out, lse) over the ``top_k`` best-gated key blocks (MoBA's gate q . mean(k_block), not
+        differentiated) among those the query's window does not touch (and, causal, wholly before it)."""
+        grid = tuple(q.shape[1:-2])
+        sizes = self.block_size if self.ndim > 1 else (self.block_size,)
+        shape = tuple(max(1, min(b, n)) for b, n in zip(sizes, grid))
+        eligible = compressed_keys_allowed(grid, self.kernel_size, self.dilation, shape, self.is_causal, True,
+                                           str(q.device))
+        means = block_means(k, shape)
+        gates = torch.einsum("bqhd,bnhd->bhqn", q.detach().flatten(1, -3).to(means.dtype), means)
+        gates = gates.masked_fill(~eligible, -float("inf"))
+        best = torch.sort(gates, dim=-1, descending=True, stable=True).indices[..., :self.top_k]  # ties: lower block
+        selection = torch.zeros_like(gates, dtype=torch.bool).scatter_(-1, best, True) & eligible
+        spec = BlockSparseSpec(grid, shape, gates.shape[2], self.is_causal, self.top_k, None)
+        tensors = {"q": q, "k": k, "v": v, "selection": selection}
+        scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        return choose_backend(spec, tensors).run(spec, tensors, scale)
 
     # -- forward -----------------------------------------------------------------------------------
 
