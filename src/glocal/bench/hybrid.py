@@ -40,7 +40,7 @@ from ..nn.hybrid import compressed_keys_allowed
 from ..nn.schedules import ScheduledAttention
 from ..numerics import dense_attention
 from ..spec import make_neighborhood_spec
-from .timing import interleaved_ms, peak_cpu_bytes
+from .timing import fmt, interleaved_ms, peak_cpu_bytes
 
 MIB = 2 ** 20
 FULL = dict(lengths=(1024, 2048, 4096, 8192), dim=512, heads=8, depth=6, decoder_t=8192, window=1024,
@@ -162,10 +162,6 @@ def run(repeats: int, quick: bool, progress=None) -> list[dict]:
     return rows
 
 
-def _fmt(x, spec=".1f"):
-    return "-" if x is None else format(x, spec)
-
-
 def format_table(rows) -> str:
     """The family's rows as a plain-text table."""
     head = (f"{'row':17s} {'config':62s} {'tokens':>7s} {'glocal ms':>10s} {'dense ms':>9s} {'x dense':>8s} "
@@ -174,8 +170,8 @@ def format_table(rows) -> str:
     for r in rows:
         lines.append(
             f"{r['row']:17s} {r['config']:62s} {r['tokens']:7d} {r['glocal_ms']:10.1f} {r['dense_ms']:9.1f} "
-            f"{r['speedup']:8.2f} {_fmt(r['target']):>7s} {r['glocal_peak_mib']:9.1f} {r['dense_peak_mib']:10.1f} "
-            f"{_fmt(r['error'], '.1e'):>8s}")
+            f"{r['speedup']:8.2f} {fmt(r['target']):>7s} {r['glocal_peak_mib']:9.1f} {r['dense_peak_mib']:10.1f} "
+            f"{fmt(r['error'], '.1e'):>8s}")
     lines.append("x dense = dense time / glocal time, in the same run; peak = extra memory of one forward; rel err = "
                  "max |glocal - dense reference| / max |reference| (one softmax over the union of the key sets).")
     return "\n".join(lines)

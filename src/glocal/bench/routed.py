@@ -36,7 +36,7 @@ from ..ops import (
     parallax_attention,
     rat_attention,
 )
-from .timing import interleaved_ms, matmul_gflops, peak_cpu_bytes
+from .timing import fmt, interleaved_ms, matmul_gflops, peak_cpu_bytes
 
 HEADS, HEAD_DIM = 4, 64
 MIB = 2 ** 20
@@ -229,10 +229,6 @@ def run(repeats: int, quick: bool, progress=None) -> list[dict]:
     return rows
 
 
-def _fmt(x, spec=".1f"):
-    return "-" if x is None else format(x, spec)
-
-
 def format_table(rows) -> str:
     """The family's rows as a plain-text table."""
     head = (f"{'row':12s} {'config':58s} {'glocal ms':>10s} {'dense ms':>9s} {'x dense':>8s} {'target':>7s} "
@@ -242,8 +238,8 @@ def format_table(rows) -> str:
     for r in rows:
         lines.append(
             f"{r['row']:12s} {r['config']:58s} {r['glocal_ms']:10.2f} {r['dense_ms']:9.1f} {r['speedup']:8.1f} "
-            f"{_fmt(r['target']):>7s} {_fmt(r['glocal_bwd_ms']):>8s} {_fmt(r['dense_bwd_ms']):>10s} "
-            f"{_fmt(r['speedup_bwd']):>6s} {_fmt(r['target_bwd']):>7s} {r['floor_fraction']:8.0%} "
+            f"{fmt(r['target']):>7s} {fmt(r['glocal_bwd_ms']):>8s} {fmt(r['dense_bwd_ms']):>10s} "
+            f"{fmt(r['speedup_bwd']):>6s} {fmt(r['target_bwd']):>7s} {r['floor_fraction']:8.0%} "
             f"{r['peak_extra_mib']:9.1f} {r['peak_vs_qkvo']:7.2f}")
     lines.append("x dense = dense time / glocal time, in the same run; % floor = useful FLOPs at the measured sgemm "
                  "rate / glocal time; peak = extra memory of the glocal forward (x qkvo: over q+k+v+out).")

@@ -84,3 +84,8 @@ def interleaved_ms(fns: dict, repeats: int, warmup: int = 1) -> dict:
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fmt(x, spec: str = ".1f") -> str:
+    """A table cell: ``x`` formatted by ``spec``, or "-" for a figure that was not measured."""
+    return "-" if x is None else format(x, spec)

@@ -143,6 +143,9 @@ class HybridAttention(_QKVModule):
         heads = {kind: [h for h, b in enumerate(self.head_branches) if b == kind] for kind in ("local", "global", "both")}
         self._local_heads = sorted(heads["local"] + heads["both"])
         self._global_heads = sorted(heads["global"] + heads["both"])
+        # Where each head finds its result among a branch's heads (0, weighted 0, for a head the branch skips).
+        self._local_at = [self._local_heads.index(h) if h in self._local_heads else 0 for h in range(num_heads)]
+        self._global_at = [self._global_heads.index(h) if h in self._global_heads else 0 for h in range(num_heads)]
 
     # -- the branches ------------------------------------------------------------------------------
 
@@ -241,20 +244,16 @@ class HybridAttention(_QKVModule):
             return self._out(out)
         # Gate: the local branch on local + both heads, the global one on global + both, mixed per head.
         s = torch.sigmoid(self.gate_logit)
-        kinds = self.head_branches
+        both = torch.tensor([b == "both" for b in self.head_branches], device=s.device)
         out = 0
         if self._local_heads:
             local = self._on_heads(self._local_heads, lambda q, k, v, heads: self._local(q, k, v)[0], q, k, v)
-            at = [self._local_heads.index(h) if b != "global" else 0 for h, b in enumerate(kinds)]
-            weight = torch.stack([s[h] if b == "both" else s.new_tensor(float(b == "local"))
-                                  for h, b in enumerate(kinds)])
-            out = out + weight[:, None] * _pick(local, at)
+            only = s.new_tensor([float(b == "local") for b in self.head_branches])
+            out = out + torch.where(both, s, only)[:, None] * _pick(local, self._local_at)
         if self._global_heads:
             glob = self._on_heads(self._global_heads, lambda q, k, v, heads: self._global(x, q, k, v, heads), q, k, v)
-            at = [self._global_heads.index(h) if b != "local" else 0 for h, b in enumerate(kinds)]
-            weight = torch.stack([1 - s[h] if b == "both" else s.new_tensor(float(b == "global"))
-                                  for h, b in enumerate(kinds)])
-            out = out + weight[:, None] * _pick(glob, at)
+            only = s.new_tensor([float(b == "global") for b in self.head_branches])
+            out = out + torch.where(both, 1 - s, only)[:, None] * _pick(glob, self._global_at)
         return self._out(out)
 
     def _on_heads(self, heads, run, q, k, v):
