@@ -49,16 +49,21 @@ def rule_selection(q, k, block_size, top_k=None, is_causal=True, threshold=None,
     if means is None:
         means = torch.stack([k[:, j * block_size:min((j + 1) * block_size, tkv)].double().mean(1) for j in range(n)], 1)
     own = [(tkv - tq + i) // block_size for i in range(tq)]
-    return _rule(q, means, own, hq // hkv, n, top_k, is_causal, threshold)
+    # Causal: the own block's gate key is the mean of its keys up to the query (no later key routes it).
+    own_means = [k[:, p // block_size * block_size:p + 1].double().mean(1) for p in range(tkv - tq, tkv)] \
+        if is_causal else None
+    return _rule(q, means, own, hq // hkv, n, top_k, is_causal, threshold, own_means)
 
 
-def _rule(q, means, own_blocks, group, n, top_k, is_causal, threshold):
+def _rule(q, means, own_blocks, group, n, top_k, is_causal, threshold, own_means=None):
     batch, tq, hq, _ = q.shape
     sel = torch.zeros(batch, hq, tq, n, dtype=torch.bool)
     for b, h, i in itertools.product(range(batch), range(hq), range(tq)):
         own = own_blocks[i]
         eligible = list(range(own + 1)) if is_causal else list(range(n))
         gate = {j: float(q[b, i, h].double() @ means[b, j, h // group].double()) for j in eligible}
+        if own_means is not None:
+            gate[own] = float(q[b, i, h].double() @ own_means[i][b, h // group])
         others = sorted((j for j in eligible if j != own), key=lambda j: (-gate[j], j))  # ties: lower index
         if top_k is not None:
             chosen = others[:top_k - 1]

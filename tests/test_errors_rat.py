@@ -102,4 +102,4 @@ def test_layer_input_shape():
     with raises(ValueError, "this module takes x of shape [B, T, dim] (3-D)", "x.dim()=2"):
         layer(t(2, 16))
     with raises(ValueError, "the last axis of x must have the module's dim channels", "x.shape[-1]=8, dim=16"):
-        layer.step(t(2, 8))
+        layer.step(t(2, 8), layer.new_cache(2))

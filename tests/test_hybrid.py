@@ -4,6 +4,7 @@ of the key sets, or a per-head gate of two softmaxes), outputs and gradients; ev
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -60,7 +61,9 @@ def reference(layer: glocal.nn.HybridAttention, x: torch.Tensor) -> torch.Tensor
     if layer.global_branch == "compressed":
         ids, nb = _blocks(grid, layer.reduction)
         member = F.one_hot(ids, nb).bool()  # [N, nb]
-        complete = torch.stack([member[:, b].nonzero().max() <= torch.arange(n) for b in range(nb)], 1)
+        # Causal: a block once all of its tokens are in the past; a partial last block never (it is not whole).
+        whole = member.sum(0) == math.prod(layer.reduction)
+        complete = torch.stack([member[:, b].nonzero().max() <= torch.arange(n) for b in range(nb)], 1) & whole
         touched = (local.double() @ member.double()) > 0
     outs = []
     for b in range(x.shape[0]):

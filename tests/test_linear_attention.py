@@ -305,11 +305,12 @@ def test_linear_module_step_equals_forward(gen):
     layer = gm.LinearAttention(16, 2, is_causal=True, chunk_size=4).double()
     x = torch.randn(2, 11, 16, generator=gen, dtype=F64)
     want = layer(x)
-    state, outs = None, []
-    for t in range(11):
-        y, state = layer.step(x[:, t], state)
-        outs.append(y)
+    cache = layer.new_cache(2)
+    outs = [layer.step(x[:, t], cache) for t in range(11)]
     assert_close(torch.stack(outs, 1), want, 1e-10)
+    prefilled = layer.new_cache(2)
+    assert_close(layer(x[:, :4], cache=prefilled), want[:, :4], 1e-10)
+    assert_close(torch.stack([layer.step(x[:, t], prefilled) for t in range(4, 11)], 1), want[:, 4:], 1e-10)
 
 
 def test_inline_and_l2vit_modules_match_functional(gen):

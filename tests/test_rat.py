@@ -224,17 +224,17 @@ def test_layer_decoding_equals_forward(gen, chunk, rope_theta):
     layer = RATAttention(16, 2, chunk, rope_theta=rope_theta).double()
     x = torch.randn(2, 23, 16, generator=gen, dtype=F64)
     want = layer(x)
-    cache, outs = None, []
+    cache, outs = layer.new_cache(2), []
     for t in range(23):
-        before = cache
-        y, cache = layer.step(x[:, t], cache)
-        assert before is None or before.position == t  # the step left the cache it was given alone
-        outs.append(y)
+        outs.append(layer.step(x[:, t], cache))
+        assert cache.length == t + 1
     assert_close(torch.stack(outs, 1), want, 1e-10)
-    assert cache.keys.shape == (2, 23 // chunk, 2, 8) and cache.position == 23  # grows with T / C, not T
-    fresh = layer.new_cache(2)
-    assert fresh.keys.shape == (2, 0, 2, 8) and fresh.key_state.dtype == F64
-    assert_close(layer.step(x[:, 0], fresh)[0], want[:, 0], 1e-10)
+    # O(T / C) states: the completed chunks' and the running one, not one per token.
+    assert cache.key_states.length == -(-23 // chunk) and cache.key_states.data.dtype == F64
+    # A prefill of the first 9 tokens, then steps, gives the same outputs.
+    prefilled = layer.new_cache(2)
+    assert_close(layer(x[:, :9], cache=prefilled), want[:, :9], 1e-10)
+    assert_close(torch.stack([layer.step(x[:, t], prefilled) for t in range(9, 23)], 1), want[:, 9:], 1e-10)
 
 
 def test_layer_forward_is_rat_with_inter_chunk_rope(gen):

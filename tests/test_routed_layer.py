@@ -228,14 +228,14 @@ def test_decoding_equals_the_forward_with_the_prefill_choice(gen, prefill, windo
     length = prefill + 9
     x = inputs(gen, 4, length)
     set_threshold_between(layer, x[:, :prefill])
-    y, cache = layer(x[:, :prefill], cache=layer.new_cache(4))
+    cache = layer.new_cache(4)
+    y = layer(x[:, :prefill], cache=cache)
     choice = layer.last_choice
-    assert choice.sum().item() == 2 and torch.equal(cache.choice, choice) and cache.position == prefill
+    assert choice.sum().item() == 2 and torch.equal(cache.choice, choice) and cache.length == prefill
     outputs = [y]
     for t in range(prefill, length):
-        before = cache
-        y_t, cache = layer.step(x[:, t], cache)
-        assert before.position == t and before.keys.shape[1] == t  # the given cache is left alone
+        y_t = layer.step(x[:, t], cache)
+        assert cache.length == t + 1 and cache.kept()[0].shape[1] == t + 1
         assert torch.equal(cache.choice, choice)  # never re-routed
         outputs.append(y_t[:, None])
     got = torch.cat(outputs, 1)
@@ -247,10 +247,11 @@ def test_decoding_equals_the_forward_with_the_prefill_choice(gen, prefill, windo
 def test_decoding_in_float32(gen):
     layer = RoutedLayer(DIM, HEADS, 3, sinks=1, pool=2).eval()
     x = torch.randn(2, 8, DIM, generator=gen)
-    _, cache = layer(x[:, :5], cache=layer.new_cache(2), force="sparse")
-    assert cache.keys.dtype == torch.float32 and isinstance(cache, RoutedCache)
+    cache = layer.new_cache(2)
+    layer(x[:, :5], cache=cache, force="sparse")
+    assert cache.kept()[0].dtype == torch.float32 and isinstance(cache, RoutedCache)
     for t in range(5, 8):
-        y_t, cache = layer.step(x[:, t], cache)
+        y_t = layer.step(x[:, t], cache)
     assert_close(y_t, layer(x, force="sparse")[:, -1], 1e-5)
 
 
@@ -306,7 +307,9 @@ def test_input_with_the_wrong_channels():
     with raises(ValueError, "the last axis of x must have the module's dim channels", "x.shape[-1]=8, dim=16"):
         layer(torch.zeros(1, 5, 8))
     with raises(ValueError, "the last axis of x must have the module's dim channels", "x.shape[-1]=8"):
-        layer.step(torch.zeros(1, 8), layer(torch.zeros(1, 5, DIM), cache=layer.new_cache(1))[1])
+        cache = layer.new_cache(1)
+        layer(torch.zeros(1, 5, DIM), cache=cache)
+        layer.step(torch.zeros(1, 8), cache)
 
 
 def test_empty_sequence():
@@ -327,8 +330,9 @@ def test_cache_of_another_batch():
 
 def test_prefill_into_a_used_cache():
     layer = RoutedLayer(DIM, HEADS, 4)
-    _, cache = layer(torch.zeros(1, 5, DIM), cache=layer.new_cache(1))
-    with raises(ValueError, "needs an empty cache", "cache.position=5", "layer.step(x_t, cache)"):
+    cache = layer.new_cache(1)
+    layer(torch.zeros(1, 5, DIM), cache=cache)
+    with raises(ValueError, "needs an empty cache", "cache.length=5", "layer.step(x_t, cache)"):
         layer(torch.zeros(1, 3, DIM), cache=cache)
 
 

@@ -4,7 +4,7 @@ See the README for a tour; every public function's docstring has a shape
 legend and an example.
 """
 
-from . import analysis, config, convert, hooks, nn, ops
+from . import analysis, config, convert, decoding, hooks, nn, ops
 from .backends import available as available_backends
 from .backends import use_backend
 from .convert import accelerate, plan_from_report
@@ -43,6 +43,7 @@ __all__ = [
     "channel_attention",
     "compressed_attention",
     "config",
+    "decoding",
     "convert",
     "global_token_attention",
     "hooks",

@@ -273,8 +273,33 @@ def block_means(k: torch.Tensor, block_shape) -> torch.Tensor:
     return sums / counts[:, None, None]
 
 
+def own_block_means(k: torch.Tensor, block_size: int, q_len: int) -> torch.Tensor:
+    """The causal gate key of each query's own block: the mean of its block's keys up to the query.
+
+    Shapes: k [B, T_kv, H_kv, D] -> [B, T_q, H_kv, D] for the queries at positions T_kv - T_q + i
+    (bottom-right, as in glocal.moba_attention); float32 (float64 for float64 keys), detached.
+
+    Example:
+        >>> k = torch.arange(5.0).reshape(1, 5, 1, 1)
+        >>> own_block_means(k, 2, 3).flatten().tolist()   # positions 2, 3, 4: blocks [2, 3], [2, 3], [4]
+        [2.0, 2.5, 4.0]
+    """
+    compute = torch.float64 if k.dtype == torch.float64 else torch.float32
+    length = k.shape[1]
+    positions = torch.arange(length - q_len, length, device=k.device)
+    starts = positions // block_size * block_size
+    rows = k.detach()[:, int(starts[0]) if q_len else 0:].to(compute)  # the queries' blocks start here
+    offset = int(starts[0]) if q_len else 0
+    # Sums inside each block from its start: a cumulative sum restarted at every block (exact per block).
+    padded = -(-rows.shape[1] // block_size) * block_size
+    blocks = torch.nn.functional.pad(rows, (0, 0, 0, 0, 0, padded - rows.shape[1])).unflatten(1, (-1, block_size))
+    sums = blocks.cumsum(2).flatten(1, 2)[:, positions - offset]
+    return sums / (positions - starts + 1).to(compute)[:, None, None]
+
+
 def block_selection(q: torch.Tensor, means: torch.Tensor, own_block: torch.Tensor, is_causal: bool,
-                    top_k: int | None = None, threshold: float | None = None) -> torch.Tensor:
+                    top_k: int | None = None, threshold: float | None = None,
+                    own_means: torch.Tensor | None = None) -> torch.Tensor:
     """Which key blocks each query attends (MoBA / VMoBA routing): a bool ``[B, H_q, T_q, n_blocks]``.
 
     Shapes: q [B, T_q, H_q, D] (grids flattened), means [B, n_blocks, H_kv, D] (:func:`block_means`),
@@ -292,6 +317,11 @@ def block_selection(q: torch.Tensor, means: torch.Tensor, own_block: torch.Tenso
       shares); the own block's share counts first, then the other eligible blocks are added in
       descending gate order (ties: lower index) while the share accumulated so far is below tau.
       tau = 0 keeps the own block only; tau = 1 keeps every eligible block.
+
+    ``own_means`` [B, T_q, H_kv, D] replaces the gate key of each query's own block (only the
+    threshold rule reads the own block's gate): causal routing passes :func:`own_block_means`, the
+    mean of the own block's keys up to the query, so that a later key of that block never changes
+    an earlier query's routing (the forward then equals decoding token by token).
 
     Example:
         >>> q = torch.ones(1, 4, 1, 2)
@@ -316,6 +346,10 @@ def block_selection(q: torch.Tensor, means: torch.Tensor, own_block: torch.Tenso
             qc = q[:, t0:t1].detach().to(compute).unflatten(2, (hkv, hq // hkv)).permute(0, 2, 3, 1, 4)
             gates = torch.matmul(qc, means_t).reshape(batch, hq, t1 - t0, n_blocks)
             own = blocks == own_block[t0:t1, None]  # [t, n]
+            if own_means is not None and threshold is not None:
+                om = own_means[:, t0:t1].detach().to(compute).permute(0, 2, 1, 3).unsqueeze(2)  # [B, H_kv, 1, t, D]
+                own_gate = (qc * om).sum(-1).reshape(batch, hq, t1 - t0, 1)
+                gates = torch.where(own, own_gate, gates)
             eligible = blocks <= own_block[t0:t1, None] if is_causal else torch.ones_like(own)
             selection[:, :, t0:t1] = _select(gates, own, eligible, top_k, threshold)
     return selection

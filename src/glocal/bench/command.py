@@ -6,6 +6,7 @@ Usage:
     glocal bench --scaling --plot scaling.png     # 2-D grids 32x32 .. 256x256 at K=7
     glocal bench --family global                  # the global-attention family
     glocal bench --family hybrid --plot hybrid.png  # hybrid layers and schedules vs dense attention
+    glocal bench --family decoding --plot decoding.png  # decoding caches: per-token time and memory vs stream length
     glocal bench --family models --plot models.png  # whole Hugging Face models: original vs converted/accelerated
     glocal bench --device cuda                    # the GPU suite
     glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
@@ -46,10 +47,11 @@ def add_arguments(parser) -> None:
                         help="CPU threads for every implementation (torch.set_num_threads); default: torch's")
     parser.add_argument("--no-flex", action="store_true", help="skip compiled FlexAttention (saves its compile time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--family", choices=["neighborhood", "global", "routed", "hybrid", "models"],
+    parser.add_argument("--family", choices=["neighborhood", "global", "routed", "hybrid", "decoding", "models"],
                         default="neighborhood",
                         help="benchmark family (default neighborhood; routed: MoBA, VMoBA, RAT, Parallax, LLA; "
                              "hybrid: hybrid layers, MoH and layer schedules vs dense; "
+                             "decoding: per-token time and memory of every decoding cache vs stream length; "
                              "models: MiniLM converted, ModernBERT and a Mistral-style LM accelerated, needs "
                              "transformers)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
@@ -195,6 +197,10 @@ def main(args) -> int:
         from . import hybrid
 
         return _family(args, hybrid, "hybrid", "6-layer ModernBERT schedule vs every layer global, CPU float32")
+    if args.family == "decoding":
+        from . import decoding
+
+        return _family(args, decoding, "decoding", "decoding caches, CPU float32, 4 heads of 64")
     if args.family == "models":
         return _models_family(args)
 

@@ -64,6 +64,7 @@ from .hybrid import (  # noqa: F401
     schedule_pattern,
     schedule_settings,
     window_border,
+    window_sinks,
 )
 from .linear import (  # noqa: F401
     chunk_size,

@@ -136,3 +136,15 @@ def pattern_supported(mechanism: str, is_causal, is_cross: bool, supported: tupl
             f"{', '.join(supported)}. Use one of those, or a mechanism that defines {pattern} "
             f"(see docs/global.md for the table)."
         )
+
+
+def int_at_least(name: str, value, low: int, meaning: str, example: int) -> int:
+    """An int >= ``low``; ``meaning`` says what it counts, ``example`` a good value."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be an int ({meaning}); got {name}={value!r} of type {type(value).__name__}. "
+            f"Pass e.g. {name}={example}."
+        )
+    if value < low:
+        raise ValueError(f"{name} must be >= {low} ({meaning}); got {name}={value}. Pass e.g. {name}={example}.")
+    return int(value)

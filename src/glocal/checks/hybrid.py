@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numbers
 
+from .base import int_at_least
+
 GLOBAL_BRANCHES = ("full", "tokens", "compressed", "linear", "moba")
 COMBINES = ("merge", "gate")
 HEAD_BRANCHES = ("local", "global", "both")
@@ -123,6 +125,14 @@ def schedule_settings(settings, defaults: dict) -> dict:
                              f"{sorted(defaults[letter])}. Use those names.")
         merged[letter].update(options)
     return merged
+
+
+def window_sinks(sinks, causal_sequence: bool) -> None:
+    """Attention sinks (the first tokens of a stream, attended by every query) belong to causal sequence layers."""
+    int_at_least("sinks", sinks, 0, "the first tokens every query also attends", 4)
+    if sinks and not causal_sequence:
+        raise ValueError(f"attention sinks are the first tokens of a causal stream, so an L layer takes them only "
+                         f"when causal over sequences (a decoder); got sinks={sinks}. Pass sinks=0 here.")
 
 
 def window_border(border, window, is_causal: bool) -> None:

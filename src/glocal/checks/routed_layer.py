@@ -7,17 +7,9 @@ from __future__ import annotations
 import math
 import numbers
 
+from .base import int_at_least
+
 FORCE_OPTIONS = (None, "full", "sparse")
-
-
-def _int_at_least(name: str, value, low: int, meaning: str, example: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(
-            f"{name} must be an int ({meaning}); got {name}={value!r} of type {type(value).__name__}. "
-            f"Pass e.g. {name}={example}."
-        )
-    if value < low:
-        raise ValueError(f"{name} must be >= {low} ({meaning}); got {name}={value}. Pass e.g. {name}={example}.")
 
 
 def _real(name: str, value, example: float) -> None:
@@ -37,10 +29,10 @@ def _probability(name: str, value, meaning: str, example: float) -> None:
 
 def routed_layer_args(window, sinks, pool, temperature, threshold) -> None:
     """The window and sink counts, the router's pool, the Gumbel temperature and the eval threshold."""
-    _int_at_least("window", window, 1, "the sparse branch's query attends its window most recent keys, "
+    int_at_least("window", window, 1, "the sparse branch's query attends its window most recent keys, "
                   "itself included", 1024)
-    _int_at_least("sinks", sinks, 0, "the first tokens every query of the sparse branch also attends", 4)
-    _int_at_least("pool", pool, 1, "the router averages q over the first and the last pool tokens", 16)
+    int_at_least("sinks", sinks, 0, "the first tokens every query of the sparse branch also attends", 4)
+    int_at_least("pool", pool, 1, "the router averages q over the first and the last pool tokens", 16)
     _real("temperature", temperature, 1.0)
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(
@@ -75,22 +67,22 @@ def routed_cache(cache, cache_type: type, batch: int, prefill: bool) -> None:
             f"cache must be a {cache_type.__name__}; got cache of type {type(cache).__name__}. "
             f"Make one with layer.new_cache(batch)."
         )
-    if cache.keys.shape[0] != batch:
+    if cache.batch != batch:
         raise ValueError(
-            f"the cache holds one entry per sequence of the batch; got cache batch={cache.keys.shape[0]}, "
+            f"the cache holds one entry per sequence of the batch; got cache batch={cache.batch}, "
             f"x batch={batch}. Make the cache with layer.new_cache({batch})."
         )
-    if prefill and cache.position != 0:
+    if prefill and cache.length != 0:
         raise ValueError(
             f"a forward with a cache is the prefill: it routes the sequence and needs an empty cache; got "
-            f"cache.position={cache.position}. Continue a prefilled sequence with layer.step(x_t, cache), "
-            f"or start over with layer.new_cache(batch)."
+            f"cache.length={cache.length}. Continue a prefilled sequence with layer.step(x_t, cache), "
+            f"or start over with cache.reset()."
         )
     if not prefill and cache.choice is None:
         raise ValueError(
             f"step reuses the branch chosen at the prefill, and this cache has none; got "
-            f"cache.position={cache.position}, cache.choice=None. Prefill first: "
-            f"y, cache = layer(x, cache=layer.new_cache(batch))."
+            f"cache.length={cache.length}, cache.choice=None. Prefill first: "
+            f"y = layer(x, cache=cache) with cache = layer.new_cache(batch)."
         )
 
 

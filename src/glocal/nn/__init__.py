@@ -14,7 +14,7 @@ from .global_modules import (
     LinearAttention,
     LocalConcentrationAttention,
 )
-from .hybrid import HybridAttention
+from .hybrid import HybridAttention, HybridCache
 from .local_linear import ParallaxAttention
 from .moh import MoHAttention
 from .rat import RATAttention
@@ -27,6 +27,7 @@ __all__ = [
     "CompressedAttention",
     "GlobalTokenAttention",
     "HybridAttention",
+    "HybridCache",
     "HybridDecoder",
     "HybridEncoder",
     "InLineAttention",

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from .. import checks
+from ..checks.decoding import cache_decodable, cache_kind, cache_prefill
+from ..decoding import KVCache, SlidingWindowCache
 from ..ops import attention, neighborhood_attention
 
 
@@ -32,6 +34,24 @@ class _QKVModule(nn.Module):
         """``[B, *, H, head_dim]`` → ``[B, *, dim]``."""
         return self.proj_drop(self.proj(out.flatten(-2)))
 
+    # Decoding, for the layers whose cache reads q, k, v as they come out of the projection.
+    cache_type: type | None = None
+
+    def _check_prefill(self, cache) -> None:
+        cache_kind(cache, self.cache_type, f"{type(self).__name__}.forward")
+        cache_prefill(cache.length, f"{type(self).__name__}.forward")
+
+    def step(self, x_t: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step: ``x_t [B, dim] -> y_t [B, dim]``; ``cache`` (from ``new_cache``) advances by a token.
+
+        Token by token (after ``new_cache``, or a prefill ``layer(x, cache=cache)``) it equals the causal
+        forward over the whole stream."""
+        checks.module_input(x_t, self.dim, 0)
+        cache_kind(cache, self.cache_type, f"{type(self).__name__}.step")
+        q, k, v = self._qkv(x_t)
+        scale = getattr(self, "scale", None)
+        return self._out(cache.step(q, k, v) if scale is None else cache.step(q, k, v, scale))
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
 
@@ -50,12 +70,27 @@ class _NeighborhoodAttention(_QKVModule):
         checks.window_args(self.kernel_size, self.stride, self.dilation)
         self.scale = qk_scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: SlidingWindowCache | None = None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``; causal 1-D) the window is also kept: a prefill."""
         checks.module_input(x, self.dim, self.ndim)
+        if cache is not None:
+            self._check_prefill(cache)
         q, k, v = self._qkv(x)
         out = neighborhood_attention(q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal,
                                      scale=self.scale)
+        if cache is not None:
+            cache.extend(k, v)
         return self._out(out)
+
+    cache_type = SlidingWindowCache
+
+    def new_cache(self, batch: int | None = None, sinks: int = 0) -> SlidingWindowCache:
+        """The decoding cache of a causal 1-D layer with stride 1: the last ``(kernel_size - 1) * dilation + 1``
+        tokens (and ``sinks`` first tokens: StreamingLLM's attention sinks, which the forward does not have)."""
+        cache_decodable(self.ndim == 1 and self.is_causal == (True,) and self.stride == (1,), type(self).__name__,
+                        f"ndim={self.ndim}, is_causal={self.is_causal}, stride={self.stride} (decoding needs "
+                        f"stride 1)")
+        return SlidingWindowCache(self.kernel_size[0], sinks=sinks, dilation=self.dilation[0])
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, kernel_size={self.kernel_size}, "
@@ -125,10 +160,22 @@ class Attention(_QKVModule):
         checks.scale(qk_scale)
         self.is_causal, self.scale = is_causal, qk_scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``; causal) the keys and values are kept: a prefill."""
         checks.module_input(x, self.dim, 1)
+        if cache is not None:
+            self._check_prefill(cache)
         q, k, v = self._qkv(x)
+        if cache is not None:
+            cache.extend(k, v)
         return self._out(attention(q, k, v, is_causal=self.is_causal, scale=self.scale))
+
+    cache_type = KVCache
+
+    def new_cache(self, batch: int | None = None) -> KVCache:
+        """The decoding cache of a causal layer: every key and value (glocal.decoding.KVCache)."""
+        cache_decodable(self.is_causal, type(self).__name__, "is_causal=False")
+        return KVCache()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, is_causal={self.is_causal}"

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
+from ..checks.decoding import cache_decodable
+from ..decoding import LinearAttentionState
 from ..numerics import FEATURE_MAPS
 from ..ops import (
     attention,
@@ -20,7 +22,6 @@ from ..ops import (
     global_token_attention,
     inline_attention,
     linear_attention,
-    linear_attention_step,
     local_concentration_attention,
 )
 from .attention import _QKVModule
@@ -29,7 +30,7 @@ from .attention import _QKVModule
 class LinearAttention(_QKVModule):
     """Linear self-attention layer (glocal.linear_attention), with a decoding step.
 
-    Shapes: x: [B, T, dim] -> [B, T, dim];  step: x_t: [B, dim] -> [B, dim];
+    Shapes: x: [B, T, dim] -> [B, T, dim];  step: x_t: [B, dim] -> [B, dim] (the cache advances);
     state: (kv [B, num_heads, head_dim, head_dim], ksum [B, num_heads, head_dim]).
 
     Example:
@@ -37,9 +38,10 @@ class LinearAttention(_QKVModule):
         >>> from glocal.nn.global_modules import LinearAttention
         >>> layer = LinearAttention(dim=64, num_heads=4, is_causal=True)
         >>> y, state = layer(torch.randn(2, 50, 64), return_state=True)
-        >>> y_next, state = layer.step(torch.randn(2, 64), state)
-        >>> y.shape, y_next.shape
-        (torch.Size([2, 50, 64]), torch.Size([2, 64]))
+        >>> cache = layer.new_cache(2)
+        >>> y_next = layer.step(torch.randn(2, 64), cache)
+        >>> y.shape, y_next.shape, cache.length
+        (torch.Size([2, 50, 64]), torch.Size([2, 64]), 1)
     """
 
     def __init__(self, dim, num_heads, feature_map="elu1", is_causal=False, chunk_size=64, qkv_bias=True,
@@ -50,21 +52,27 @@ class LinearAttention(_QKVModule):
         checks.chunk_size(chunk_size)
         self.feature_map, self.is_causal, self.chunk_size = feature_map, is_causal, chunk_size
 
-    def forward(self, x, state=None, return_state=False):
+    def forward(self, x, state=None, return_state=False, cache: LinearAttentionState | None = None):
+        """``x -> y`` (and the state after x with ``return_state``); with ``cache`` (empty, from ``new_cache``)
+        the state is also kept in it: a prefill."""
         checks.module_input(x, self.dim, 1)
+        if cache is not None:
+            self._check_prefill(cache)
         q, k, v = self._qkv(x)
+        if cache is not None:
+            cache.extend(k, v)
         res = linear_attention(q, k, v, self.feature_map, self.is_causal, chunk_size=self.chunk_size,
                                initial_state=state, return_state=return_state)
         if return_state:
             return self._out(res[0]), res[1]
         return self._out(res)
 
-    def step(self, x_t, state=None):
-        """One causal decoding step: ``x_t [B, dim] -> (y_t [B, dim], state)``."""
-        checks.module_input(x_t, self.dim, 0)
-        q, k, v = self._qkv(x_t)
-        out, state = linear_attention_step(q, k, v, state, self.feature_map)
-        return self._out(out), state
+    cache_type = LinearAttentionState
+
+    def new_cache(self, batch: int | None = None) -> LinearAttentionState:
+        """The decoding state of a causal layer (glocal.decoding.LinearAttentionState): O(1) in the stream."""
+        cache_decodable(self.is_causal, type(self).__name__, "is_causal=False")
+        return LinearAttentionState(self.feature_map)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, feature_map={self.feature_map!r}, is_causal={self.is_causal}"

@@ -19,9 +19,17 @@ from torch import nn
 from .. import checks
 from ..backends import choose_backend
 from ..backends.cpu.dense import masked_attention
+from ..checks.decoding import cache_decodable, cache_kind, cache_prefill
 from ..checks.hybrid import BRANCH_OPTIONS
+from ..decoding import (
+    DecodingCache,
+    KVCache,
+    LinearAttentionState,
+    MoBACache,
+    SlidingWindowCache,
+)
 from ..masks import block_means, pool_tokens
-from ..numerics import merge_lse
+from ..numerics import compute_dtype, merge_lse
 from ..ops import (
     attention,
     linear_attention,
@@ -56,7 +64,7 @@ def compressed_keys_allowed(grid: tuple, kernel: tuple, dilation: tuple, reducti
     A block (a box of ``reduction`` tokens per axis, row-major) is excluded when ``exclude_window``
     and the query's neighborhood holds any of its tokens (those tokens are attended exactly by the
     window, so the block's summary would count them twice); when causal (sequences), a block is
-    attended only once all its tokens are at or before the query.
+    attended only once all its ``reduction`` tokens are at or before the query.
     """
     allowed = None
     for length, k, d, r in zip(grid, kernel, dilation, reduction):
@@ -66,9 +74,68 @@ def compressed_keys_allowed(grid: tuple, kernel: tuple, dilation: tuple, reducti
     allowed = ~allowed if exclude_window else torch.ones_like(allowed)
     if is_causal:
         (length,), (r,) = grid, reduction
-        last = torch.clamp((torch.arange(allowed.shape[1], device=device) + 1) * r, max=length) - 1
+        # A block counts once all its r tokens are in the past; a partial last block never does (a longer
+        # input would complete it later), so no query's result depends on where the input ends.
+        last = (torch.arange(allowed.shape[1], device=device) + 1) * r - 1
         allowed = allowed & (last[None, :] <= torch.arange(length, device=device)[:, None])
     return allowed
+
+
+class HybridCache(DecodingCache):
+    """The decoding cache of a causal HybridAttention layer: the window, and what its global branch reads.
+
+    ``parts``: "window" (a SlidingWindowCache of the dilated window), and by branch "full" (a
+    KVCache: every key), "moba" (a MoBACache: every key and the block means), "linear" (a
+    LinearAttentionState); the compressed branch keeps ``key_sums`` / ``value_sums``, the running
+    sum of every block of ``reduction`` tokens [B, n_blocks, H, head_dim]. Memory: O(window) for
+    the tokens branch and linear, O(window + T / reduction) compressed, O(T) full and moba.
+    Keys are rotated by their stream positions when the layer has RoPE.
+    """
+
+    BUFFERS = ("key_sums", "value_sums")
+
+    def __init__(self, parts: dict, reduction: int | None):
+        self.parts, self.reduction = parts, reduction
+        self.options = {"parts": sorted(parts), "reduction": reduction}
+        super().__init__()
+
+    def reset(self) -> None:
+        super().reset()
+        for part in self.parts.values():
+            part.reset()
+
+    def nbytes(self) -> int:
+        return super().nbytes() + sum(part.nbytes() for part in self.parts.values())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "parts": {name: part.state_dict() for name, part in self.parts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for name, part in self.parts.items():
+            part.load_state_dict(state["parts"][name])
+
+    def extend(self, k, v, linear: bool = True) -> None:
+        """Add tokens ``k, v [B, T, H, D]`` (rotated) to the window and the key sets of the branch; the linear
+        state too unless ``linear=False`` (a step adds its token there while reading it)."""
+        for name in ("window", "full", "moba") + (("linear",) if linear else ()):
+            if name in self.parts:
+                self.parts[name].extend(k, v)
+        if self.reduction is not None:
+            end = self.length + k.shape[1]
+            blocks = torch.arange(self.length, end, device=k.device) // self.reduction
+            for sums, x in ((self.key_sums, k), (self.value_sums, v)):
+                missing = -(-end // self.reduction) - sums.length
+                if missing > 0:
+                    sums.extend(x.new_zeros((x.shape[0], missing, *x.shape[2:]), dtype=compute_dtype(x)))
+                sums.view().index_add_(1, blocks, x.detach().to(sums.data.dtype))
+        self.length += k.shape[1]
+
+    def pooled(self):
+        """Keys and values averaged over the completed blocks, ``[B, n_complete, H, D]`` each."""
+        complete = self.length // self.reduction
+        return (self.key_sums.view()[:, :complete] / self.reduction,
+                self.value_sums.view()[:, :complete] / self.reduction)
 
 
 class HybridAttention(_QKVModule):
@@ -222,13 +289,19 @@ class HybridAttention(_QKVModule):
 
     # -- forward -----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: HybridCache | None = None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``; causal) what decoding reads is kept: a prefill."""
         checks.module_input(x, self.dim, self.ndim)
+        if cache is not None:
+            cache_kind(cache, HybridCache, "HybridAttention.forward")
+            cache_prefill(cache.length, "HybridAttention.forward")
         q, k, v = self._qkv(x)
         if self.rope_theta is not None:
             rotate = rope if self.ndim == 1 else rope_grid
             positions = (torch.arange(x.shape[1], device=x.device),) if self.ndim == 1 else ()
             q, k = rotate(q, *positions, theta=self.rope_theta), rotate(k, *positions, theta=self.rope_theta)
+        if cache is not None:
+            cache.extend(k, v)
         if self.combine == "merge":
             # Each head runs one of three computations; run each on its heads, then put the heads back in order.
             runs = {"local": lambda q, k, v, heads: self._local(q, k, v)[0],
@@ -263,6 +336,90 @@ class HybridAttention(_QKVModule):
         index = torch.tensor(heads, device=q.device)
         return run(*(t.index_select(-2, index) for t in (q, k, v)), index)
 
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def new_cache(self, batch: int | None = None) -> HybridCache:
+        """The decoding cache of a causal layer (see :class:`HybridCache` for what it keeps and its memory)."""
+        cache_decodable(self.is_causal, "HybridAttention", f"is_causal={self.is_causal}, ndim={self.ndim}")
+        parts = {"window": SlidingWindowCache(self.kernel_size[0], dilation=self.dilation[0])}
+        if self.global_branch == "full":
+            parts["full"] = KVCache()
+        elif self.global_branch == "moba":
+            parts["moba"] = MoBACache(self.block_size, top_k=self.top_k)
+        elif self.global_branch == "linear":
+            parts["linear"] = LinearAttentionState(self.feature_map or "elu1")
+        return HybridCache(parts, self.reduction[0] if self.global_branch == "compressed" else None)
+
+    def step(self, x_t: torch.Tensor, cache: HybridCache) -> torch.Tensor:
+        """One decoding step: ``x_t [B, dim] -> y_t [B, dim]``; ``cache`` (from ``new_cache``) advances a token.
+
+        The newest query reads the window's keys and its branch's (the rule of the forward: pooled or
+        routed blocks once complete, not touched by the window under "merge"); token by token it
+        equals the causal forward."""
+        checks.module_input(x_t, self.dim, 0)
+        cache_kind(cache, HybridCache, "HybridAttention.step")
+        q, k, v = self._qkv(x_t)  # [B, H, D]
+        if self.rope_theta is not None:
+            position = torch.tensor([cache.length], device=x_t.device)
+            q, k = (rope(t[:, None], position, self.rope_theta)[:, 0] for t in (q, k))
+        cache.extend(k[:, None], v[:, None], linear=False)
+        scale = self.head_dim ** -0.5 if self.scale is None else self.scale
+        window = cache.parts["window"]
+        local = _attend_one(q, *window.kept(), scale)
+        touched = window.kept_positions().to(q.device)
+        branch = self.global_branch
+        if branch == "full":
+            alone = _attend_one(q, *cache.parts["full"].kept(), scale)
+            merged = alone
+        elif branch == "tokens":
+            gk, gv = self._tokens(x_t, q, k, v, slice(None))
+            alone = _attend_one(q, gk, gv, scale)
+            merged = merge_lse([local[0], alone[0]], [local[1], alone[1]])
+        elif branch == "compressed":
+            kp, vp = cache.pooled()
+            alone = _attend_one(q, kp, vp, scale)
+            untouched = torch.ones(kp.shape[1], dtype=torch.bool, device=q.device)
+            untouched[(touched // self.reduction[0])[touched // self.reduction[0] < kp.shape[1]]] = False
+            part = _attend_one(q, kp, vp, scale, untouched[None, None])
+            merged = merge_lse([local[0], part[0]], [local[1], part[1]])
+        elif branch == "linear":
+            alone, merged = (cache.parts["linear"].step(q, k, v), None), None
+        else:
+            moba = cache.parts["moba"]
+            alone = moba.attend(q, scale, return_lse=True)
+            part = self._routed_step(q, moba, touched, scale)
+            merged = merge_lse([local[0], part[0]], [local[1], part[1]])
+        kinds = self.head_branches
+        is_local = torch.tensor([b == "local" for b in kinds], device=q.device)[:, None]
+        is_global = torch.tensor([b == "global" for b in kinds], device=q.device)[:, None]
+        if self.combine == "merge":
+            both = merged[0]
+        else:
+            s_h = torch.sigmoid(self.gate_logit)[:, None]
+            both = s_h * local[0].to(s_h.dtype) + (1 - s_h) * alone[0].to(s_h.dtype)
+        out = torch.where(is_local, local[0], torch.where(is_global, alone[0], both.to(local[0].dtype)))
+        return self._out(out.to(x_t.dtype))
+
+    def _routed_step(self, q, moba: MoBACache, touched, scale):
+        """(out, lse) of the newest query over its ``top_k`` best-gated complete key blocks the window does not
+        touch (the merge's MoBA part, as :meth:`_routed_blocks` for one query)."""
+        block = self.block_size
+        means = moba.block_means()  # [B, n, H, D]
+        n = means.shape[1]
+        eligible = (torch.arange(n, device=q.device) + 1) * block <= moba.length
+        eligible[(touched // block)[touched // block < n]] = False
+        gates = torch.einsum("bhd,bnhd->bhn", q.detach().to(means.dtype), means)
+        gates = gates.masked_fill(~eligible, -float("inf"))
+        best = torch.sort(gates, dim=-1, descending=True, stable=True).indices[..., :self.top_k]  # ties: lower
+        chosen = eligible[best]  # [B, H, top_k]
+        slots = (best[..., None] * block + torch.arange(block, device=q.device)).flatten(-2)  # [B, H, top_k * block]
+        keys, values = moba.kept()
+        heads_first = keys.permute(0, 2, 1, 3), values.permute(0, 2, 1, 3)  # [B, H, T, D]
+        picked = [x.gather(2, slots.clamp(max=x.shape[2] - 1)[..., None].expand(-1, -1, -1, x.shape[-1]))
+                  for x in heads_first]
+        valid = chosen[..., None].expand(-1, -1, -1, block).flatten(-2)
+        return _attend_one(q, *(x.transpose(1, 2) for x in picked), scale, valid)
+
     def extra_repr(self) -> str:
         options = {name: getattr(self, name) for name in BRANCH_OPTIONS if getattr(self, name, None) is not None}
         return (f"{super().extra_repr()}, kernel_size={self.kernel_size}, global_branch={self.global_branch!r}, "
@@ -280,3 +437,15 @@ def _inverse(order: list[int]) -> list[int]:
 def _pick(x: torch.Tensor, heads: list[int]) -> torch.Tensor:
     """``x[..., heads, :]``, without a copy when ``heads`` is every head in order."""
     return x if heads == list(range(x.shape[-2])) else x[..., heads, :]
+
+
+def _attend_one(q, keys, values, scale, valid=None):
+    """(out [B, H, D_v], lse [B, H]) of one query per head ``q [B, H, D]`` over ``keys, values [B, S, H, D]``;
+    ``valid`` [B, H, S] (or broadcastable) masks keys out; no key gives out 0 and lse -inf."""
+    compute = compute_dtype(q)
+    scores = torch.einsum("bhd,bshd->bhs", q.to(compute), keys.to(compute)) * scale
+    if valid is not None:
+        scores = scores.masked_fill(~valid, -float("inf"))
+    lse = torch.logsumexp(scores, -1) if scores.shape[-1] else scores.new_full(scores.shape[:-1], -float("inf"))
+    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    return torch.einsum("bhs,bshd->bhd", probs, values.to(compute)).to(q.dtype), lse

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from .. import checks
+from ..checks.decoding import cache_decodable, cache_kind, cache_prefill
+from ..decoding import KVCache, SlidingWindowCache
+from ..numerics import compute_dtype
 from ..ops import parallax_attention
 from .rope import rope
 
@@ -58,17 +61,57 @@ class ParallaxAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        checks.module_input(x, self.dim, 1)
-        checks.module_positions(positions, x.shape[1])
-        if positions is None:
-            positions = torch.arange(x.shape[1], device=x.device)
+    def _project(self, x, positions):
         heads = (self.num_heads, self.head_dim)
         q, r, k = (rope(p(x).unflatten(-1, heads), positions, self.rope_theta)
                    for p in (self.q_proj, self.r_proj, self.k_proj))
-        v = self.v_proj(x).unflatten(-1, heads)
+        return q, r, k, self.v_proj(x).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``) the keys and values are also kept: a prefill."""
+        checks.module_input(x, self.dim, 1)
+        checks.module_positions(positions, x.shape[1])
+        if cache is not None:
+            cache_kind(cache, self._cache_type(), "ParallaxAttention.forward")
+            cache_prefill(cache.length, "ParallaxAttention.forward")
+            positions = None  # decoding positions are the stream's: 0 .. T - 1
+        if positions is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+        q, r, k, v = self._project(x, positions)
+        if cache is not None:
+            cache.extend(k, v)
         out = parallax_attention(q, r, k, v, self.window_size, self.is_causal, self.scale)
         return self.proj_drop(self.proj(out.flatten(-2)))
+
+    def _cache_type(self):
+        return KVCache if self.window_size is None else SlidingWindowCache
+
+    def new_cache(self, batch: int | None = None):
+        """The decoding cache of a causal layer: the last ``window_size`` keys and values (a SlidingWindowCache),
+        or all of them (a KVCache) for ``window_size=None``; keys rotated by their stream positions."""
+        cache_decodable(self.is_causal, "ParallaxAttention", "is_causal=False")
+        return KVCache() if self.window_size is None else SlidingWindowCache(self.window_size)
+
+    def step(self, x_t: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step: ``x_t [B, dim] -> y_t [B, dim]`` at stream position ``cache.length``.
+
+        The newest query reads the cached keys with the op's formula, out = o (1 + r . mu) -
+        sum_j s_j (r . k_j) v_j (o = sum_j s_j v_j, mu = sum_j s_j k_j, s the softmax); token by
+        token it equals the causal forward."""
+        checks.module_input(x_t, self.dim, 0)
+        cache_kind(cache, self._cache_type(), "ParallaxAttention.step")
+        q, r, k, v = (t[:, 0] for t in self._project(x_t[:, None], torch.tensor([cache.length], device=x_t.device)))
+        cache.append(k, v)
+        keys, values = cache.kept()  # [B, n, H, D]
+        compute = compute_dtype(q)
+        q, r, keys, values = (t.to(compute) for t in (q, r, keys, values))
+        scale = self.head_dim ** -0.5 if self.scale is None else self.scale
+        s = torch.softmax(torch.einsum("bhd,bnhd->bhn", q, keys) * scale, -1)
+        mu = torch.einsum("bhn,bnhd->bhd", s, keys)
+        o = torch.einsum("bhn,bnhd->bhd", s, values)
+        rk = torch.einsum("bhd,bnhd->bhn", r, keys)
+        out = o * (1 + (r * mu).sum(-1, keepdim=True)) - torch.einsum("bhn,bnhd->bhd", s * rk, values)
+        return self.proj_drop(self.proj(out.to(x_t.dtype).flatten(-2)))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "

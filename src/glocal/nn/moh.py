@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
+from ..checks.decoding import cache_decodable, cache_kind
 from ..checks.moh import moh_args
+from ..decoding import KVCache
 from ..numerics import compute_dtype, resolve_scale
 from .attention import _QKVModule
 
@@ -160,9 +162,14 @@ class MoHAttention(_QKVModule):
         out = out[:, 0] * torch.gather(gate, 1, rows)[..., None]
         return torch.zeros_like(q).scatter(1, index, out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``; causal) the keys and values are kept: a prefill."""
         checks.module_input(x, self.dim, 1)
+        if cache is not None:
+            self._check_prefill(cache)
         q, k, v = self._qkv(x)  # [B, T, H, D]
+        if cache is not None:
+            cache.extend(k, v)
         gates, selected, self.aux_loss = self._route(x, q)
         scale = resolve_scale(self.scale, self.head_dim ** -0.5)
         shared_heads = self.shared_heads
@@ -176,6 +183,28 @@ class MoHAttention(_QKVModule):
             heads.append(self._routed_head(q[:, :, h], k[:, :, h], v[:, :, h], gates[..., h], selected[..., e],
                                            scale)[:, :, None])
         return self._out(torch.cat(heads, 2))
+
+    cache_type = KVCache
+
+    def new_cache(self, batch: int | None = None) -> KVCache:
+        """The decoding cache of a causal layer: every head's keys and values (glocal.decoding.KVCache)."""
+        cache_decodable(self.is_causal, "MoHAttention", "is_causal=False")
+        return KVCache()
+
+    def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step: ``x_t [B, dim] -> y_t [B, dim]``; the token is routed as in the forward.
+
+        Every head's key and value is cached (a later token may pick any head). The one query is
+        attended on every head and multiplied by its gates (0 for a routed head it did not pick): a
+        head's work for one query is a read of the cache, so gathering the picked heads first would
+        copy as much as it saves. Token by token it equals the causal forward. ``aux_loss`` is the
+        token's own."""
+        checks.module_input(x_t, self.dim, 0)
+        cache_kind(cache, KVCache, "MoHAttention.step")
+        q, k, v = self._qkv(x_t)  # [B, H, D]
+        gates, _, self.aux_loss = self._route(x_t[:, None], q[:, None])
+        out = cache.step(q, k, v, resolve_scale(self.scale, self.head_dim ** -0.5))
+        return self._out(out * gates[:, 0, :, None])
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         """The same output computed densely: every head for every token (one SDPA call), times the gates.

@@ -1,44 +1,26 @@
 """RAT attention layer: projections, a sigmoid forget gate, RoPE over the chunk index, an output gate, decoding.
 
-Shapes: x [B, T, dim] -> [B, T, dim]; step: x_t [B, dim] -> ([B, dim], RATCache).
+Shapes: x [B, T, dim] -> [B, T, dim]; step: x_t [B, dim] -> y_t [B, dim] (a glocal.decoding.RATCache advances).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import checks
-from ..numerics import compute_dtype, dense_attention
+from ..checks.decoding import cache_kind, cache_prefill
+from ..decoding import RATCache
+from ..numerics import compute_dtype
 from ..ops import rat_attention
 from .attention import _QKVModule
 from .rope import rope
 
 
-@dataclass(frozen=True)
-class RATCache:
-    """What RATAttention.step needs of the past: O(T / chunk_size) entries, not O(T).
-
-    keys, values: [B, n, H, head_dim], the final states of the n completed chunks (keys rotated
-    by their chunk index); key_state, value_state: [B, H, head_dim], the running state of the
-    current chunk (zeros at a chunk start); position: the index of the next token.
-    States are float32 (float64 for a float64 layer). A step returns a new cache and leaves
-    the one it was given as it was.
-    """
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    key_state: torch.Tensor
-    value_state: torch.Tensor
-    position: int
-
-
 class RATAttention(_QKVModule):
     """RAT self-attention layer (glocal.rat_attention), causal, with token-by-token decoding.
 
-    Shapes: x: [B, T, dim] -> [B, T, dim];  step: x_t: [B, dim] -> (y_t [B, dim], RATCache).
+    Shapes: x: [B, T, dim] -> [B, T, dim];  step: x_t: [B, dim] -> y_t [B, dim] (the cache advances).
 
     As RAT (Wei et al. 2025): q, k, v projections; a forget gate g = sigmoid(W_g x + b_g) applied
     to both the keys and the values inside chunks of ``chunk_size`` positions, with b_g
@@ -61,8 +43,9 @@ class RATAttention(_QKVModule):
         >>> layer = RATAttention(dim=64, num_heads=4, chunk_size=16)
         >>> layer(torch.randn(2, 50, 64)).shape
         torch.Size([2, 50, 64])
-        >>> y, cache = layer.step(torch.randn(2, 64), None)
-        >>> y.shape, cache.position
+        >>> cache = layer.new_cache(2)
+        >>> y = layer.step(torch.randn(2, 64), cache)
+        >>> y.shape, cache.length
         (torch.Size([2, 64]), 1)
     """
 
@@ -92,50 +75,40 @@ class RATAttention(_QKVModule):
         """The output gate and projection: out [..., H, head_dim] -> [..., dim]."""
         return self.proj_drop(self.proj(torch.sigmoid(self.output_gate(x)) * out.flatten(-2).to(x.dtype)))
 
-    def forward(self, x):
+    def forward(self, x, cache: RATCache | None = None):
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``) the chunk states are also kept: a prefill."""
         checks.module_input(x, self.dim, 1)
+        if cache is not None:
+            cache_kind(cache, RATCache, "RATAttention.forward")
+            cache_prefill(cache.length, "RATAttention.forward")
         q, k, v = self._qkv(x)
         chunk_index = torch.arange(x.shape[1], device=x.device) // self.chunk_size
         gate = self._forget(x)
-        out = rat_attention(self._rotate(q, chunk_index), self._rotate(k, chunk_index), v, gate, gate,
-                            self.chunk_size)
+        k = self._rotate(k, chunk_index)
+        out = rat_attention(self._rotate(q, chunk_index), k, v, gate, gate, self.chunk_size)
+        if cache is not None:
+            cache.extend(k, v, gate, gate)
         return self._output(x, out)
 
-    def new_cache(self, batch, dtype=None, device=None) -> RATCache:
-        """An empty cache for ``batch`` sequences (dtype and device default to the layer's parameters)."""
-        weight = self.qkv.weight
-        dtype = torch.float64 if (dtype or weight.dtype) == torch.float64 else torch.float32
-        device = device or weight.device
-        keys = torch.zeros(batch, 0, self.num_heads, self.head_dim, dtype=dtype, device=device)
-        state = torch.zeros(batch, self.num_heads, self.head_dim, dtype=dtype, device=device)
-        return RATCache(keys, keys, state, state, 0)
+    def new_cache(self, batch: int | None = None) -> RATCache:
+        """An empty decoding cache (glocal.decoding.RATCache): O(T / chunk_size) states, not O(T)."""
+        return RATCache(self.chunk_size)
 
-    def step(self, x_t, cache=None):
-        """One decoding step: ``x_t [B, dim] -> (y_t [B, dim], cache)``; ``cache=None`` starts a sequence.
+    def step(self, x_t, cache: RATCache):
+        """One decoding step: ``x_t [B, dim] -> y_t [B, dim]``; ``cache`` (from ``new_cache``) advances by a token.
 
         Fed token by token it equals the forward over the whole sequence. Per token: the
         running states advance, the query attends the completed chunks' states and its own
-        running state; when a chunk completes its states join the cache.
+        running state; when a chunk completes its states stay in the cache.
         """
         checks.module_input(x_t, self.dim, 0)
-        if cache is None:
-            cache = self.new_cache(x_t.shape[0], x_t.dtype, x_t.device)
-        compute = cache.key_state.dtype
-        position = cache.position
-        chunk_index = torch.tensor([position // self.chunk_size], device=x_t.device)
-        q, k, v = (t.to(compute)[:, None] for t in self._qkv(x_t))  # [B, 1, H, head_dim]
+        cache_kind(cache, RATCache, "RATAttention.step")
+        chunk_index = torch.tensor([cache.length // self.chunk_size], device=x_t.device)
+        q, k, v = (t[:, None] for t in self._qkv(x_t))  # [B, 1, H, head_dim]
         q, k = self._rotate(q, chunk_index)[:, 0], self._rotate(k, chunk_index)[:, 0]
-        gate = self._forget(x_t).to(compute)
-        fresh = position % self.chunk_size == 0  # a chunk starts: its state starts from 0
-        key_state = (1 - gate) * k if fresh else torch.lerp(k, cache.key_state, gate)
-        value_state = (1 - gate) * v[:, 0] if fresh else torch.lerp(v[:, 0], cache.value_state, gate)
-        keys = torch.cat([cache.keys, key_state[:, None]], 1)
-        values = torch.cat([cache.values, value_state[:, None]], 1)
-        out, _ = dense_attention(q[:, None], keys, values, self.head_dim ** -0.5)
-        y = self._output(x_t, out[:, 0])
-        if (position + 1) % self.chunk_size == 0:  # the chunk is complete: its final states stay
-            return y, RATCache(keys, values, torch.zeros_like(key_state), torch.zeros_like(value_state), position + 1)
-        return y, RATCache(cache.keys, cache.values, key_state, value_state, position + 1)
+        gate = self._forget(x_t)
+        out = cache.step(q, k, v[:, 0], gate, gate, self.head_dim ** -0.5)
+        return self._output(x_t, out)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, chunk_size={self.chunk_size}, rope_theta={self.rope_theta}"

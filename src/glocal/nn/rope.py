@@ -23,11 +23,20 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
+@functools.lru_cache(maxsize=64)
+def _inverse_frequencies(dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    # Built once per (dim, theta, device): decoding rotates a token at a time, where rebuilding it would
+    # cost as much as the rotation. Never written to.
+    return theta ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+
+
 def _angles(positions: torch.Tensor, dim: int, theta: float, device, dtype) -> torch.Tensor:
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+    inv_freq = _inverse_frequencies(dim, float(theta), torch.device(device))
     return positions.to(device=device, dtype=torch.float64)[..., None] * inv_freq  # [..., D/2]
 
 

@@ -1,6 +1,6 @@
 """Per-sequence layer routing: one learned choice per sequence between full causal attention and sinks + window.
 
-Shapes: x [B, T, dim] -> [B, T, dim]; step: x_t [B, dim] -> (y_t [B, dim], RoutedCache).
+Shapes: x [B, T, dim] -> [B, T, dim]; step: x_t [B, dim] -> y_t [B, dim] (a RoutedCache advances).
 
 Example:
     >>> import torch
@@ -11,8 +11,6 @@ Example:
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,34 +23,64 @@ from ..checks.routed_layer import (
     routed_sequence,
     sparsity_target,
 )
+from ..decoding import KVCache
 from ..numerics import compute_dtype, dense_attention, merge_lse
 from ..ops import attention, na1d
 from .attention import _QKVModule
 from .rope import rope
 
 
-@dataclass(frozen=True)
-class RoutedCache:
+def window_with_sinks(q, k, v, window: int, sinks: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of each query over the ``window`` keys ending at it and the first ``sinks`` keys.
+
+    Shapes: q [B, T, H_q, D], k [B, T, H_kv, D], v [B, T, H_kv, D_v] -> [B, T, H_q, D_v]. Key j is
+    attended by query i iff i - window < j <= i or j < min(sinks, i + 1), each key once
+    (StreamingLLM's sliding window with attention sinks). The window by na1d, the sinks left of it
+    densely, merged by lse.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(1, 20, 2, 8)
+        >>> window_with_sinks(x, x, x, window=4, sinks=2).shape
+        torch.Size([1, 20, 2, 8])
+    """
+    length = q.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    # A causal kernel of K >= T keys is causal attention, and na1d needs K <= T.
+    out, lse = na1d(q, k, v, kernel_size=min(window, length), is_causal=True, scale=scale, return_lse=True)
+    sinks = min(sinks, length)
+    if sinks == 0 or length <= window:  # no query has a sink left of its window
+        return out
+    i = torch.arange(length, device=q.device)[:, None]
+    j = torch.arange(sinks, device=q.device)[None, :]
+    # Only the sinks left of the window: those inside it are already in na1d's softmax.
+    out_sinks, lse_sinks = dense_attention(q, k[:, :sinks], v[:, :sinks], scale, j <= i - window)
+    return merge_lse([out, out_sinks], [lse, lse_sinks])[0]
+
+
+class RoutedCache(KVCache):
     """What RoutedLayer.step needs of the past: every key and value so far, and the prefill's choice.
 
-    keys, values: [B, n, H, head_dim] (keys rotated by their stream positions when the layer has
-    RoPE); choice: bool [B], True = full attention, None until the prefill; position: the index of
-    the next token (n). The cache keeps every token, also for sparse sequences, which attend only
-    the sinks and the last ``window`` of it: memory grows with T. A step returns a new cache and
-    leaves the one it was given as it was.
+    Shapes: keys, values [B, T, H, head_dim] (keys rotated by their stream positions when the layer
+    has RoPE; ``kept()`` returns them); ``choice``: bool [B], True = full attention, None until the
+    prefill. The cache keeps every token, also for sparse sequences, which attend only the sinks
+    and the last ``window`` of it: memory grows with T (a batch may mix both kinds). ``batch`` is
+    the number of sequences it was built for.
     """
 
-    keys: torch.Tensor
-    values: torch.Tensor
-    choice: torch.Tensor | None
-    position: int
+    TENSORS = ("choice",)
+
+    def __init__(self, batch: int):
+        super().__init__()
+        self.batch = int(batch)
+        self.options = {"batch": self.batch}
 
 
 class RoutedLayer(_QKVModule):
     """Causal self-attention whose whole layer is routed per sequence: full attention, or sinks + window.
 
     Shapes: x: [B, T, dim] -> [B, T, dim];  router feature [B, 2 * head_dim], logit [B];
-    step: x_t: [B, dim] -> (y_t [B, dim], RoutedCache).
+    step: x_t: [B, dim] -> y_t [B, dim] (the RoutedCache advances by one token).
 
     Branches: "full" is causal attention (query i attends keys 0..i); "sparse" attends the
     ``window`` most recent keys ending at itself and the first ``sinks`` tokens (each key once:
@@ -78,9 +106,10 @@ class RoutedLayer(_QKVModule):
         >>> from glocal.nn.routed_layer import RoutedLayer
         >>> layer = RoutedLayer(dim=32, num_heads=2, window=8, sinks=2, pool=4).eval()
         >>> x = torch.randn(2, 20, 32)
-        >>> y, cache = layer(x, cache=layer.new_cache(2))
-        >>> y_t, cache = layer.step(torch.randn(2, 32), cache)
-        >>> y_t.shape, cache.position, bool(torch.equal(cache.choice, layer.last_choice))
+        >>> cache = layer.new_cache(2)
+        >>> y = layer(x, cache=cache)                  # the prefill routes each sequence and fills the cache
+        >>> y_t = layer.step(torch.randn(2, 32), cache)
+        >>> y_t.shape, cache.length, bool(torch.equal(cache.choice, layer.last_choice))
         (torch.Size([2, 32]), 21, True)
     """
 
@@ -108,19 +137,7 @@ class RoutedLayer(_QKVModule):
         return attention(q, k, v, is_causal=True)
 
     def _sparse(self, q, k, v):
-        """Sinks + causal window: the window by na1d, the sinks before it densely, merged by lse."""
-        length = q.shape[1]
-        # A causal kernel of K >= T keys is causal attention, and na1d needs K <= T.
-        out, lse = na1d(q, k, v, kernel_size=min(self.window, length), is_causal=True, return_lse=True)
-        sinks = min(self.sinks, length)
-        if sinks == 0 or length <= self.window:  # no query has a sink left of its window
-            return out
-        i = torch.arange(length, device=q.device)[:, None]
-        j = torch.arange(sinks, device=q.device)[None, :]
-        # Only the sinks left of the window: those inside it are already in na1d's softmax.
-        out_sinks, lse_sinks = dense_attention(q, k[:, :sinks], v[:, :sinks], self.head_dim ** -0.5,
-                                               j <= i - self.window)
-        return merge_lse([out, out_sinks], [lse, lse_sinks])[0]
+        return window_with_sinks(q, k, v, self.window, self.sinks)
 
     def _by_choice(self, q, k, v, choice):
         """Eval: each sequence runs only its chosen branch (the batch is split into the two groups)."""
@@ -134,7 +151,7 @@ class RoutedLayer(_QKVModule):
         return out
 
     def forward(self, x, cache=None, force=None):
-        """``x [B, T, dim] -> y [B, T, dim]``; with ``cache`` (empty, from ``new_cache``) -> ``(y, cache)``."""
+        """``x [B, T, dim] -> y [B, T, dim]``; with ``cache`` (empty, from ``new_cache``) it is also filled: a prefill."""
         checks.module_input(x, self.dim, 1)
         routed_sequence(x)
         routed_force(force)
@@ -161,20 +178,17 @@ class RoutedLayer(_QKVModule):
             out = self._by_choice(q, k, v, choice)
         self.last_choice = choice.detach()
         y = self._out(out)
-        if cache is None:
-            return y
-        keys, values = (t.detach().to(cache.keys) for t in (k, v))
-        return y, RoutedCache(keys, values, self.last_choice, x.shape[1])
+        if cache is not None:
+            cache.extend(k, v)
+            cache.choice = self.last_choice
+        return y
 
-    def new_cache(self, batch, dtype=None, device=None) -> RoutedCache:
-        """An empty cache for ``batch`` sequences (dtype and device default to the layer's parameters)."""
-        weight = self.qkv.weight
-        empty = torch.zeros(batch, 0, self.num_heads, self.head_dim, dtype=dtype or weight.dtype,
-                            device=device or weight.device)
-        return RoutedCache(empty, empty, None, 0)
+    def new_cache(self, batch: int) -> RoutedCache:
+        """An empty cache for ``batch`` sequences; the prefill (``layer(x, cache=cache)``) fills it."""
+        return RoutedCache(batch)
 
-    def step(self, x_t, cache):
-        """One decoding step after a prefill: ``x_t [B, dim] -> (y_t [B, dim], cache)``; never re-routes.
+    def step(self, x_t, cache: RoutedCache):
+        """One decoding step after a prefill: ``x_t [B, dim] -> y_t [B, dim]``; never re-routes.
 
         Full sequences attend every cached key and the new one; sparse ones the first ``sinks``
         and the last ``window`` (the new one included), gathered, each key once. Fed token by
@@ -182,11 +196,11 @@ class RoutedLayer(_QKVModule):
         """
         checks.module_input(x_t, self.dim, 0)
         routed_cache(cache, RoutedCache, x_t.shape[0], prefill=False)
-        position = torch.tensor([cache.position], device=x_t.device)
+        position = torch.tensor([cache.length], device=x_t.device)
         q, k, v = self._qkv(x_t[:, None])  # [B, 1, H, head_dim]
         q, k = self._rotate(q, position), self._rotate(k, position)
-        keys = torch.cat([cache.keys, k.to(cache.keys)], 1)
-        values = torch.cat([cache.values, v.to(cache.values)], 1)
+        cache.extend(k, v)
+        keys, values = cache.kept()
         n = keys.shape[1]
         sinks = min(self.sinks, n)
         recent = torch.arange(max(n - self.window, sinks), n, device=keys.device)
@@ -200,8 +214,7 @@ class RoutedLayer(_QKVModule):
                 if index is not None:
                     k_b, v_b = k_b[:, index], v_b[:, index]
                 out[batch] = attention(q[batch], k_b, v_b)
-        y = self._out(out[:, 0].to(x_t.dtype))
-        return y, RoutedCache(keys, values, cache.choice, cache.position + 1)
+        return self._out(out[:, 0].to(x_t.dtype))
 
     def sparsity_loss(self, target):
         """``(mean_b p_b - (1 - target)) ** 2`` over the last forward's batch, p = sigmoid(logit).

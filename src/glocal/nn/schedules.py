@@ -22,6 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
+from ..checks.decoding import cache_batch, cache_decodable, cache_kind, cache_prefill
+from ..decoding import (
+    DecoderCache,
+    KVCache,
+    LinearAttentionState,
+    MoBACache,
+    SlidingWindowCache,
+)
 from ..numerics import dense_attention
 from ..ops import (
     attention,
@@ -35,7 +43,7 @@ from .hybrid import HybridAttention
 from .local_linear import ParallaxAttention
 from .rat import RATAttention
 from .rope import rope, rope_grid
-from .routed_layer import RoutedLayer
+from .routed_layer import RoutedLayer, window_with_sinks
 
 LETTERS = {"L": "local", "G": "global", "N": "linear", "M": "MoBA", "R": "RAT", "P": "Parallax",
            "H": "hybrid", "F": "routed (full or sinks + window, per sequence)"}
@@ -44,7 +52,7 @@ GRID_LETTERS = "LGNMH"
 
 # Every option a letter takes, with its default. A user's settings are merged over these.
 DEFAULTS = {
-    "L": {"window": 129, "border": "shift", "rope_theta": 10000.0},
+    "L": {"window": 129, "border": "shift", "sinks": 0, "rope_theta": 10000.0},
     "G": {"rope_theta": 10000.0},
     "N": {"feature_map": "elu1", "rope_theta": None},
     "M": {"block_size": 64, "top_k": 3, "rope_theta": 10000.0},
@@ -95,8 +103,9 @@ class ScheduledAttention(nn.Module):
     Shapes: x [B, T, dim] or [B, *spatial, dim] -> the same shape.
 
     ``kind`` "L": a neighborhood of ``window`` keys (an int, or per axis on grids; causal: the
-    ``window`` keys ending at the query; ``border="truncate"``: the band |i - j| <= window // 2 cut at
-    the ends, see :func:`banded_attention`). "G": every key (causal: every earlier key). "M": MoBA
+    ``window`` keys ending at the query, and the first ``sinks`` tokens, StreamingLLM's attention
+    sinks; ``border="truncate"``: the band |i - j| <= window // 2 cut at the ends, see
+    :func:`banded_attention`). "G": every key (causal: every earlier key). "M": MoBA
     (``block_size``, ``top_k``; VMoBA boxes on grids). "N": linear attention with ``feature_map`` over every
     (earlier) token. RoPE with ``rope_theta`` (None: none) rotates q and k by their positions
     (sequences) or coordinates (grids, ``rope_grid``).
@@ -108,7 +117,7 @@ class ScheduledAttention(nn.Module):
         torch.Size([1, 30, 64])
     """
 
-    def __init__(self, kind, dim, num_heads, ndim=1, is_causal=False, window=None, border="shift",
+    def __init__(self, kind, dim, num_heads, ndim=1, is_causal=False, window=None, border="shift", sinks=0,
                  block_size=None, top_k=None, feature_map="elu1", rope_theta=10000.0, bias=True):
         super().__init__()
         checks.module_dims(dim, num_heads)
@@ -117,24 +126,65 @@ class ScheduledAttention(nn.Module):
         checks.rope_dims(rope_theta, self.head_dim, ndim)
         if kind == "L":
             checks.window_border(border, window, is_causal)
+            checks.window_sinks(sinks, is_causal and ndim == 1)
             window = checks.per_axis("window", window, ndim, int) if ndim > 1 else checks.positive_int("window",
                                                                                                        window)
         self.window, self.border, self.block_size, self.top_k = window, border, block_size, top_k
+        self.sinks = int(sinks)
         self.feature_map = feature_map
         self.rope_theta = rope_theta
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``) the layer also fills it: a prefill."""
         checks.module_input(x, self.proj.in_features, self.ndim)
+        if cache is not None:
+            self._check_cache(cache, "forward")
+            cache_prefill(cache.length, "ScheduledAttention.forward")
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        raw_k = k
         if self.rope_theta is not None:
             if self.ndim == 1:
                 positions = torch.arange(x.shape[1], device=x.device)
                 q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
             else:
                 q, k = rope_grid(q, self.rope_theta), rope_grid(k, self.rope_theta)
+        if cache is not None:  # a sliding-window cache rotates its keys itself
+            cache.extend(raw_k if self.kind == "L" else k, v)
         return self.proj(self._attend(q, k, v).flatten(-2))
+
+    def new_cache(self, batch: int, positions: str = "absolute"):
+        """The decoding cache of this causal layer: L a SlidingWindowCache of ``window`` keys (``positions``
+        "absolute" or "cache", StreamingLLM's re-indexing), G a KVCache, N a LinearAttentionState, M a
+        MoBACache. ``batch`` is checked at each step."""
+        cache_decodable(self.is_causal and self.ndim == 1, "ScheduledAttention",
+                                        f"kind={self.kind!r}, ndim={self.ndim}, is_causal={self.is_causal}")
+        if self.kind == "L":
+            return SlidingWindowCache(self.window, self.sinks, positions=positions, rope_theta=self.rope_theta)
+        if self.kind == "G":
+            return KVCache()
+        if self.kind == "N":
+            return LinearAttentionState(self.feature_map)
+        return MoBACache(self.block_size, top_k=self.top_k)
+
+    def _check_cache(self, cache, where):
+        kind = {"L": SlidingWindowCache, "G": KVCache, "N": LinearAttentionState, "M": MoBACache}[self.kind]
+        cache_kind(cache, kind, f"ScheduledAttention.{where}")
+
+    def step(self, x_t: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step: ``x_t [B, dim] -> y_t [B, dim]``, reading and extending ``cache``.
+
+        Token by token after ``new_cache`` (or a prefill) it equals the causal forward over the
+        whole stream (an L layer with ``positions="cache"``: the dense reference over the kept
+        tokens at their re-indexed positions)."""
+        checks.module_input(x_t, self.proj.in_features, 0)
+        self._check_cache(cache, "step")
+        q, k, v = self.qkv(x_t).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        if self.rope_theta is not None and self.kind != "L":
+            position = torch.tensor([cache.length], device=x_t.device)
+            q, k = (rope(t[:, None], position, self.rope_theta)[:, 0] for t in (q, k))
+        return self.proj(cache.step(q, k, v).flatten(-2))
 
     def _attend(self, q, k, v):
         if self.kind == "G":
@@ -152,11 +202,13 @@ class ScheduledAttention(nn.Module):
             return neighborhood_attention(q, k, v, self.window)
         if self.border == "truncate" and not self.is_causal:
             return banded_attention(q, k, v, self.window // 2)
+        if self.sinks:
+            return window_with_sinks(q, k, v, self.window, self.sinks)
         # A window longer than the sequence covers all of it, as the band of a long window would.
         return na1d(q, k, v, kernel_size=min(self.window, q.shape[1]), is_causal=self.is_causal)
 
     def extra_repr(self) -> str:
-        what = {"L": f"window={self.window}, border={self.border!r}", "G": "", "N": f"feature_map={self.feature_map!r}",
+        what = {"L": f"window={self.window}, border={self.border!r}, sinks={self.sinks}", "G": "", "N": f"feature_map={self.feature_map!r}",
                 "M": f"block_size={self.block_size}, top_k={self.top_k}"}[self.kind]
         return f"kind={self.kind!r}, {what + ', ' if what else ''}is_causal={self.is_causal}, rope_theta={self.rope_theta}"
 
@@ -198,9 +250,14 @@ class HybridBlock(nn.Module):
         self.mlp = GLUMLP(dim, hidden, bias) if mlp == "glu" else \
             nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, dim, bias=bias))
 
-    def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x, cache=None):
+        x = x + (self.attn(self.attn_norm(x)) if cache is None else self.attn(self.attn_norm(x), cache=cache))
         return x + self.mlp(self.mlp_norm(x))
+
+    def step(self, x_t, cache):
+        """One decoding step of the block: ``x_t [B, dim] -> [B, dim]`` (the attention's ``step`` with ``cache``)."""
+        x_t = x_t + self.attn.step(self.attn_norm(x_t), cache)
+        return x_t + self.mlp(self.mlp_norm(x_t))
 
 
 def _layer_attention(letter: str, dim: int, num_heads: int, ndim: int, is_causal: bool, options: dict, bias: bool):
@@ -241,11 +298,42 @@ class _Schedule(nn.Module):
                         dim, hidden, mlp, bias) for kind in self.kinds)
         self.norm = nn.LayerNorm(dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+        """``x -> y``; with ``cache`` (empty, from ``new_cache``: decoders only) every layer also fills its own
+        cache, a prefill after which ``step`` continues the stream."""
         checks.module_input(x, self.dim, self.ndim)
-        for layer in self.layers:
-            x = layer(x)
+        if cache is not None:
+            self._check_cache(cache, x.shape[0], "forward")
+            cache_prefill(cache.length, f"{type(self).__name__}.forward")
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if cache is None else layer(x, cache=cache.layers[i])
+        if cache is not None:
+            cache.length = x.shape[1]
         return self.norm(x)
+
+    def new_cache(self, batch: int, positions: str = "absolute") -> DecoderCache:
+        """A decoding cache for ``batch`` streams: each layer's own (``positions`` for sliding-window layers:
+        "absolute", or "cache" for StreamingLLM's re-indexing; see glocal.decoding.SlidingWindowCache)."""
+        cache_decodable(self.is_causal, type(self).__name__, "bidirectional layers")
+        checks.positive_int("batch", batch)
+        layers = [layer.attn.new_cache(batch, positions) if isinstance(layer.attn, ScheduledAttention)
+                  else layer.attn.new_cache(batch) for layer in self.layers]
+        return DecoderCache(layers, batch)
+
+    def _check_cache(self, cache, batch: int, where: str) -> None:
+        cache_kind(cache, DecoderCache, f"{type(self).__name__}.{where}")
+        cache_batch(cache.batch, batch, len(cache.layers), self.depth)
+
+    def step(self, x_t: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """One decoding step of the whole model: ``x_t [B, dim] -> y_t [B, dim]``; ``cache`` advances by one token.
+
+        Token by token it equals the causal forward over the stream (the prefill included)."""
+        checks.module_input(x_t, self.dim, 0)
+        self._check_cache(cache, x_t.shape[0], "step")
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x_t = layer.step(x_t, layer_cache)
+        cache.length += 1
+        return self.norm(x_t)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, depth={self.depth}, kinds={self.kinds!r}"

@@ -27,7 +27,7 @@ from __future__ import annotations
 from .. import checks
 from ..backends import choose_backend
 from ..masks import block_means as compute_block_means
-from ..masks import block_selection, query_blocks
+from ..masks import block_selection, own_block_means, query_blocks
 from ..numerics import resolve_scale
 from ..spec import BlockSparseSpec
 
@@ -37,7 +37,10 @@ def _routing(q, spec: BlockSparseSpec, k, means):
     if means is None:
         means = compute_block_means(k, spec.block_shape)
     own = query_blocks(spec.grid, spec.block_shape, spec.q_len, q.device)
-    return block_selection(q, means, own, spec.is_causal, spec.top_k, spec.threshold)
+    # Causal threshold routing reads the own block's gate: from its keys up to the query only.
+    own_means = own_block_means(k, spec.block_shape[0], spec.q_len) \
+        if spec.is_causal and spec.threshold is not None else None
+    return block_selection(q, means, own, spec.is_causal, spec.top_k, spec.threshold, own_means)
 
 
 def _run(spec, q, k, v, selection, scale, return_lse, backend):
