@@ -528,3 +528,16 @@ def test_model_cache_of_another_model_or_batch():
         dec.step(torch.zeros(1, 16), DecoderCache([KVCache()] * 3, 1))
     with raises(ValueError, "built for batch=2 streams", "x of batch 1", "model.new_cache(1)"):
         dec.step(torch.zeros(1, 16), dec.new_cache(2))
+
+
+@pytest.mark.parametrize("make", [lambda: SlidingWindowCache(3, 1, positions="cache", rope_theta=100.0), KVCache,
+                                  lambda: MoBACache(2, top_k=2), LinearAttentionState],
+                         ids=["window", "kv", "moba", "linear"])
+def test_caches_hold_no_graph(gen, make):
+    # Inputs that require grad (a model decoding under autograd) must not chain every step into one graph.
+    q, k, v = (t.requires_grad_() for t in tokens(gen, 9))
+    cache = make()
+    for t in range(9):
+        cache.step(q[:, t], k[:, t], v[:, t])
+    held = [t for t in cache.state_dict()["tensors"].values() if t is not None]
+    assert held and not any(t.requires_grad for t in held)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import torch
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -21,3 +23,5 @@ def test_hybrid_models_example_trains_both_models():
         first, last = losses[name][:5], losses[name][-5:]
         # Both start near ln(vocab) = 3.47 and fall as the models learn the token statistics and the copy.
         assert sum(last) / 5 < sum(first) / 5 - 0.1, (name, first, last)
+    cached, by_forward = losses["continuations"]
+    assert cached.shape == (2, 32) and torch.equal(cached, by_forward)  # step() decodes what the forward computes

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..checks.decoding import cache_count, cache_positions, cache_query
-from ..nn.rope import rope
+from ..nn.rope import RopeAt, rope
 from ..ops import attention
 from .base import KeyValueCache
 
@@ -46,7 +46,7 @@ class SlidingWindowCache(KeyValueCache):
                     oldest first) sit at positions 0 .. n - 1 and the query at n - 1. RoPE scores depend
                     on position differences only, and the window is contiguous and ends at the query,
                     so window keys keep their stream rotation and only the sinks are rotated, by the
-                    number of evicted tokens, from their unrotated copy (O(sinks) work per token, not
+                    number of evicted tokens, from a copy at their own positions (O(sinks) work per token, not
                     O(window)); the scores equal rotating every kept key by its slot.
     ``rope_theta=None``: the cache rotates nothing (positions "absolute"; rotate q and k yourself).
 
@@ -71,6 +71,8 @@ class SlidingWindowCache(KeyValueCache):
         self.window, self.sinks, self.dilation, self.positions = window, sinks, dilation, positions
         self.rope_theta = None if rope_theta is None else float(rope_theta)
         self.span = (window - 1) * dilation + 1
+        # Two angle tables: the newest token's position and the sinks' turn each advance by one per token.
+        self._rope_at, self._rope_sinks = (None, None) if rope_theta is None else (RopeAt(rope_theta), RopeAt(rope_theta))
         self.options = {"window": window, "sinks": sinks, "positions": positions, "rope_theta": self.rope_theta,
                         "dilation": dilation}
         super().__init__()
@@ -83,6 +85,13 @@ class SlidingWindowCache(KeyValueCache):
             self.keys = k.new_zeros(k.shape[0], slots, *k.shape[2:])
             self.values = v.new_zeros(v.shape[0], slots, *v.shape[2:])
         start, count = self.length, k.shape[1]
+        if count == 1 and rotated is not None and start >= self.sinks:  # a step past the sinks: one ring slot
+            slot = self.sinks + (start - self.sinks) % self.span
+            self.keys[:, slot], self.values[:, slot] = rotated[:, 0].detach(), v[:, 0].detach()
+            self.length += 1
+            if self.positions == "cache" and self.sinks:
+                self._rotate_sinks()
+            return
         # Tokens that are sinks, or among the last `span` of the stream after this write: nothing else survives.
         first_kept = max(self.sinks, start + count - self.span)
         for lo, hi in ((start, min(start + count, self.sinks)), (max(start, first_kept), start + count)):
@@ -90,12 +99,12 @@ class SlidingWindowCache(KeyValueCache):
                 continue
             keys, values = k[:, lo - start:hi - start].detach(), v[:, lo - start:hi - start].detach()
             done = None if rotated is None else rotated[:, lo - start:hi - start].detach()
+            if self.rope_theta is not None:
+                keys = done if done is not None else rope(keys, torch.arange(lo, hi, device=k.device), self.rope_theta)
             if hi <= self.sinks and self.positions == "cache":
                 if self.sink_keys is None:
                     self.sink_keys = torch.zeros_like(self.keys[:, :self.sinks])
-                self.sink_keys[:, lo:hi] = keys  # unrotated: re-rotated from here as tokens are evicted
-            if self.rope_theta is not None:
-                keys = done if done is not None else rope(keys, torch.arange(lo, hi, device=k.device), self.rope_theta)
+                self.sink_keys[:, lo:hi] = keys  # at their own positions: turned from here as tokens are evicted
             if hi <= self.sinks:
                 self.keys[:, lo:hi], self.values[:, lo:hi] = keys, values
                 continue
@@ -123,12 +132,15 @@ class SlidingWindowCache(KeyValueCache):
         return self.length - min(self.length, self.sinks + self.span)
 
     def _rotate_sinks(self) -> None:
-        """Under re-indexing the sink slots hold the sinks rotated by their slot plus the evicted count, rewritten
-        from the unrotated copy (never rotated twice), so reading needs no copy of the window."""
+        """Under re-indexing the sink slots hold the sinks rotated by their slot plus the evicted count: their
+        copy at their own positions turned by the evicted count, one rotation from that copy each time (never
+        a rotation of a rotation, so no error builds up); reading then needs no copy of the window."""
         evicted = self._evicted()
         if evicted != self.rotated_by:
-            positions = torch.arange(self.sinks, device=self.keys.device) + evicted
-            self.keys[:, :self.sinks] = rope(self.sink_keys, positions, self.rope_theta)
+            if self.keys.dtype in (torch.float32, torch.float64):
+                self._rope_sinks.into(self.keys[:, :self.sinks], self.sink_keys, evicted)
+            else:  # half precision rotates in float32, as rope does
+                self.keys[:, :self.sinks] = self._rope_sinks(self.sink_keys, evicted)
             self.rotated_by = evicted
 
     def _slot(self, positions: torch.Tensor) -> torch.Tensor:
@@ -164,7 +176,7 @@ class SlidingWindowCache(KeyValueCache):
         cache_query(self.layout, q_t, self.length)
         q = q_t[:, None]
         if self.rope_theta is not None:
-            q = rope(q, torch.tensor([self.query_position()], device=q.device), self.rope_theta)
+            q = self._rope_at(q, self.query_position())
         return self._read(q, scale, return_lse)
 
     def _read(self, q, scale, return_lse=False):
@@ -179,8 +191,7 @@ class SlidingWindowCache(KeyValueCache):
             return super().step(q_t, k_t, v_t, scale)
         self._check_step(q_t, k_t, v_t, True)
         self._fix_layout(k_t, v_t)
-        position = torch.tensor([self.length], device=k_t.device)
-        both = rope(torch.cat([q_t, k_t], 1)[:, None], position, self.rope_theta)
+        both = self._rope_at(torch.cat([q_t, k_t], 1)[:, None], self.length)
         q, k = both.split([q_t.shape[1], k_t.shape[1]], 2)
         self._add(k_t[:, None], v_t[:, None], rotated=k)
         return self._read(q, scale)

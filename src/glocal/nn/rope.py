@@ -53,6 +53,46 @@ def rope(x: torch.Tensor, positions, theta: float = 10000.0) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
+class RopeAt:
+    """RoPE at one position for every row of ``x [..., D]``: ``RopeAt(theta)(x, position)`` equals ``rope`` at that
+    position (the same numbers), with the angles of 1024 consecutive positions kept in a table, since decoding
+    rotates by a position that grows by one per token.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(1, 1, 2, 8)
+        >>> torch.equal(RopeAt(10000.0)(x, 7), rope(x, torch.tensor([7])))
+        True
+    """
+
+    SPAN = 1024
+
+    def __init__(self, theta: float):
+        self.theta, self.start, self.table = float(theta), None, None
+
+    def _cos_sin(self, x: torch.Tensor, position: int, compute: torch.dtype):
+        key = (x.shape[-1], compute, x.device)
+        if self.table is None or self.key != key or not self.start <= position < self.start + self.SPAN:
+            self.start, self.key = position, key
+            angles = _angles(torch.arange(position, position + self.SPAN), x.shape[-1], self.theta, x.device, compute)
+            self.table = angles.cos().to(compute), angles.sin().to(compute)
+        return self.table[0][position - self.start], self.table[1][position - self.start]
+
+    def __call__(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        cos, sin = self._cos_sin(x, position, compute)
+        x1, x2 = x.to(compute).chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+    def into(self, out: torch.Tensor, x: torch.Tensor, position: int) -> None:
+        """Write ``x`` rotated by ``position`` into ``out`` (same shape and dtype; float32 or float64), in place."""
+        cos, sin = self._cos_sin(x, position, x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        o1, o2 = out.chunk(2, dim=-1)
+        torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+
+
 def rope_grid(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
     """``x`` [B, *spatial, H, D] with each of D's ``ndim`` equal parts rotated by one axis's coordinate."""
     spatial = x.shape[1:-2]

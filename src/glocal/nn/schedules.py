@@ -159,7 +159,7 @@ class ScheduledAttention(nn.Module):
         "absolute" or "cache", StreamingLLM's re-indexing), G a KVCache, N a LinearAttentionState, M a
         MoBACache. ``batch`` is checked at each step."""
         cache_decodable(self.is_causal and self.ndim == 1, "ScheduledAttention",
-                                        f"kind={self.kind!r}, ndim={self.ndim}, is_causal={self.is_causal}")
+                        f"kind={self.kind!r}, ndim={self.ndim}, is_causal={self.is_causal}")
         if self.kind == "L":
             return SlidingWindowCache(self.window, self.sinks, positions=positions, rope_theta=self.rope_theta)
         if self.kind == "G":
@@ -208,8 +208,9 @@ class ScheduledAttention(nn.Module):
         return na1d(q, k, v, kernel_size=min(self.window, q.shape[1]), is_causal=self.is_causal)
 
     def extra_repr(self) -> str:
-        what = {"L": f"window={self.window}, border={self.border!r}, sinks={self.sinks}", "G": "", "N": f"feature_map={self.feature_map!r}",
-                "M": f"block_size={self.block_size}, top_k={self.top_k}"}[self.kind]
+        what = {"L": f"window={self.window}, border={self.border!r}, sinks={self.sinks}", "G": "",
+                "N": f"feature_map={self.feature_map!r}", "M": f"block_size={self.block_size}, top_k={self.top_k}"}
+        what = what[self.kind]
         return f"kind={self.kind!r}, {what + ', ' if what else ''}is_causal={self.is_causal}, rope_theta={self.rope_theta}"
 
 
@@ -393,7 +394,12 @@ class HybridDecoder(_Schedule):
     ``pattern`` letters: L sliding window (the ``window`` keys ending at the query), G causal
     global, N causal linear, M causal MoBA, R RAT, P causal Parallax, H causal HybridAttention,
     F per-request routed (full or sinks + window per sequence, glocal.nn.RoutedLayer). Settings as
-    in :class:`HybridEncoder`.
+    in :class:`HybridEncoder` (L also takes ``sinks``: StreamingLLM's attention sinks).
+
+    Decoding: ``cache = dec.new_cache(batch)`` (a glocal.decoding.DecoderCache, one cache per layer;
+    ``positions="cache"`` re-indexes the sliding-window layers as StreamingLLM does), ``dec(x,
+    cache=cache)`` prefills it, ``y_t = dec.step(x_t, cache)`` decodes one token ``[B, dim] -> [B, dim]``;
+    token by token it equals the causal forward (docs/decoding.md).
 
     Example:
         >>> import torch, glocal

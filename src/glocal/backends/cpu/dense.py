@@ -88,6 +88,14 @@ class _Flash(torch.autograd.Function):
         return grads[0], grads[1], grads[2], None, None, None
 
 
+def _flash(q, k, v, causal: bool, scale: float, bias=None):
+    """(out, lse) of the kernel; through the autograd Function only when a gradient is wanted (a decoding
+    step calls this once per token, where the Function's bookkeeping costs as much as the kernel)."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _Flash.apply(q, k, v, causal, scale, bias)
+    return FLASH(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)[:2]
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -99,11 +107,11 @@ def run(spec, tensors: dict, scale: float):
     qh, kh, vh = (_rows(t).transpose(1, 2) for t in (q, repeat_kv(k, heads), repeat_kv(v, heads)))
     prefix = spec.kv_len - spec.q_len
     if spec.is_causal and prefix > 0:
-        before = _Flash.apply(qh, kh[:, :, :prefix], vh[:, :, :prefix], False, scale)
-        last = _Flash.apply(qh, kh[:, :, prefix:], vh[:, :, prefix:], True, scale)
+        before = _flash(qh, kh[:, :, :prefix], vh[:, :, :prefix], False, scale)
+        last = _flash(qh, kh[:, :, prefix:], vh[:, :, prefix:], True, scale)
         out, lse = merge_lse([before[0], last[0]], [before[1], last[1]])
     else:
-        out, lse = _Flash.apply(qh, kh, vh, spec.is_causal, scale)
+        out, lse = _flash(qh, kh, vh, spec.is_causal, scale)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return out.transpose(1, 2), lse.transpose(1, 2).to(lse_dtype)
 
@@ -123,7 +131,7 @@ def masked_attention(q, k, v, scale: float, allowed: torch.Tensor):
     bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~(allowed | empty[:, None]),
                                                                                    -float("inf"))
     qh, kh, vh = (_rows(t).transpose(1, 2) for t in (q, k, v))
-    out, lse = _Flash.apply(qh, kh, vh, False, scale, bias)
+    out, lse = _flash(qh, kh, vh, False, scale, bias)
     out, lse = out.transpose(1, 2), lse.transpose(1, 2)
     if bool(empty.any()):
         out = torch.where(empty[:, None, None], 0.0, out)
