@@ -123,9 +123,11 @@ class SlidingWindowCache(KeyValueCache):
     def _clear(self) -> None:
         super()._clear()
         self.rotated_by = 0  # under re-indexing: how far past their slots the sink slots are rotated
+        self._sink_half = None  # cat(-x2, x1) of the sinks' keys, for the turn
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        self._sink_half = None
         self.rotated_by = self._evicted()  # the saved sink slots were rotated for the saved length
 
     def _evicted(self) -> int:
@@ -138,7 +140,10 @@ class SlidingWindowCache(KeyValueCache):
         evicted = self._evicted()
         if evicted != self.rotated_by:
             if self.keys.dtype in (torch.float32, torch.float64):
-                self._rope_sinks.into(self.keys[:, :self.sinks], self.sink_keys, evicted)
+                if self._sink_half is None:  # the sinks are complete once the window is full
+                    x1, x2 = self.sink_keys.chunk(2, dim=-1)
+                    self._sink_half = torch.cat([-x2, x1], -1)
+                self._rope_sinks.into(self.keys[:, :self.sinks], self.sink_keys, self._sink_half, evicted)
             else:  # half precision rotates in float32, as rope does
                 self.keys[:, :self.sinks] = self._rope_sinks(self.sink_keys, evicted)
             self.rotated_by = evicted

@@ -68,29 +68,30 @@ class RopeAt:
     SPAN = 1024
 
     def __init__(self, theta: float):
-        self.theta, self.start, self.table = float(theta), None, None
+        self.theta, self.start, self.table, self.key = float(theta), None, None, None
 
     def _cos_sin(self, x: torch.Tensor, position: int, compute: torch.dtype):
+        """cos and sin rows of width D (each half's angles twice: the rotate-half layout) at ``position``."""
         key = (x.shape[-1], compute, x.device)
         if self.table is None or self.key != key or not self.start <= position < self.start + self.SPAN:
             self.start, self.key = position, key
             angles = _angles(torch.arange(position, position + self.SPAN), x.shape[-1], self.theta, x.device, compute)
+            angles = torch.cat([angles, angles], -1)
             self.table = angles.cos().to(compute), angles.sin().to(compute)
         return self.table[0][position - self.start], self.table[1][position - self.start]
 
     def __call__(self, x: torch.Tensor, position: int) -> torch.Tensor:
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         cos, sin = self._cos_sin(x, position, compute)
+        half = x.shape[-1] // 2
         x1, x2 = x.to(compute).chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+        return torch.cat([x1 * cos[:half] - x2 * sin[:half], x2 * cos[half:] + x1 * sin[half:]], dim=-1).to(x.dtype)
 
-    def into(self, out: torch.Tensor, x: torch.Tensor, position: int) -> None:
-        """Write ``x`` rotated by ``position`` into ``out`` (same shape and dtype; float32 or float64), in place."""
+    def into(self, out: torch.Tensor, x: torch.Tensor, x_half: torch.Tensor, position: int) -> None:
+        """Write ``x`` rotated by ``position`` into ``out`` (same shape and dtype; float32 or float64), in place;
+        ``x_half`` is ``cat(-x2, x1)``, kept by a caller that turns the same x at every token: two operations."""
         cos, sin = self._cos_sin(x, position, x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        o1, o2 = out.chunk(2, dim=-1)
-        torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
-        torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+        torch.mul(x, cos, out=out).addcmul_(x_half, sin)
 
 
 def rope_grid(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
