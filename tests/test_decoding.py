@@ -541,3 +541,14 @@ def test_caches_hold_no_graph(gen, make):
         cache.step(q[:, t], k[:, t], v[:, t])
     held = [t for t in cache.state_dict()["tensors"].values() if t is not None]
     assert held and not any(t.requires_grad for t in held)
+
+
+def test_window_cache_positions_batch_rows_are_independent(gen):
+    # Batch rows go through strided views of the buffers (the sinks' in-place turn among them).
+    q, k, v = (torch.randn(3, 30, 2, 8, generator=gen, dtype=F64) for _ in range(3))
+    together = SlidingWindowCache(5, 2, positions="cache", rope_theta=50.0)
+    alone = [SlidingWindowCache(5, 2, positions="cache", rope_theta=50.0) for _ in range(3)]
+    for t in range(30):
+        got = together.step(q[:, t], k[:, t], v[:, t])
+        want = torch.cat([c.step(q[b:b + 1, t], k[b:b + 1, t], v[b:b + 1, t]) for b, c in enumerate(alone)])
+        assert_close(got, want, 1e-12)
