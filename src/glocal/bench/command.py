@@ -7,6 +7,7 @@ Usage:
     glocal bench --family global                  # the global-attention family
     glocal bench --family hybrid --plot hybrid.png  # hybrid layers and schedules vs dense attention
     glocal bench --family decoding --plot decoding.png  # decoding caches: per-token time and memory vs stream length
+    glocal bench --suite cab --json cab.json --plot cab.png  # every mechanism on the four CAB patterns vs dense
     glocal bench --family models --plot models.png  # whole Hugging Face models: original vs converted/accelerated
     glocal bench --device cuda                    # the GPU suite
     glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
@@ -54,6 +55,9 @@ def add_arguments(parser) -> None:
                              "decoding: per-token time and memory of every decoding cache vs stream length; "
                              "models: MiniLM converted, ModernBERT and a Mistral-style LM accelerated, needs "
                              "transformers)")
+    parser.add_argument("--suite", choices=["cab"], default=None,
+                        help="a benchmark suite instead of a family: cab (every mechanism on the four CAB attention "
+                             "patterns vs dense SDPA, 256-16384 tokens, efficiency lengths; docs/cab.md)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
     parser.add_argument("--variants", action="store_true", help="with --device cuda: also time the tile variants")
     parser.add_argument("--compile-only", action="store_true",
@@ -184,9 +188,32 @@ def _cuda(args) -> int:
     return gpu.main(args)
 
 
+def _cab_suite(args) -> int:
+    import torch
+
+    from . import cab
+    from .neighborhood import cpu_model, machine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"glocal bench --suite cab: {cpu_model()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
+          flush=True)
+    with _bar(not args.no_progress, "cab", "part") as progress:
+        result = cab.run(quick=args.quick, backward=args.backward, progress=progress)
+    print(cab.format_table(result))
+    if args.json:
+        _write_json(args.json, {"suite": "cab", "machine": machine(), "result": result})
+    if args.plot:
+        cab.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(args) -> int:
     if args.device == "cuda":
         return _cuda(args)
+    if args.suite == "cab":
+        return _cab_suite(args)
     if args.family == "global":
         return _global_family(args)
     if args.family == "routed":
