@@ -468,3 +468,19 @@ def test_compiled_decoding_kernel_follows_the_contract(gen, monkeypatch, tq, tkv
     assert_close(out.double(), want[0], 1e-5)
     assert_close(lse[attended].double(), want[1][attended], 1e-5)
     assert_close(out.double(), out_py.double(), 1e-5)
+
+
+def test_row_gather_only_where_its_copies_stay_small():
+    # The row path copies each query row's blocks: right for decoding, wrong for a prefill of many queries
+    # (256 queries x 2 heads over 4 blocks of 64 gathered 16 MiB of copies of a 32 KiB key set).
+    from glocal.backends.cpu import block_sparse as cpu_block_sparse
+    from glocal.spec import BlockSparseSpec
+
+    def uses_rows(tq, tkv, heads=2, dim=16):
+        spec = BlockSparseSpec((tkv,), (64,), tq, False, 4, None)
+        selection = torch.ones(1, heads, tq, -(-tkv // 64), dtype=torch.bool)
+        lay = cpu_block_sparse._Layout(1, tq, tkv, heads, heads, False, 0.25, False)
+        return cpu_block_sparse._use_row_path(spec, selection, lay, 2 * dim)
+
+    assert uses_rows(1, 20000) and uses_rows(4, 4096)
+    assert not uses_rows(256, 256)
