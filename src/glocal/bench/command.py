@@ -8,6 +8,7 @@ Usage:
     glocal bench --family hybrid --plot hybrid.png  # hybrid layers and schedules vs dense attention
     glocal bench --family decoding --plot decoding.png  # decoding caches: per-token time and memory vs stream length
     glocal bench --suite cab --json cab.json --plot cab.png  # every mechanism on the four CAB patterns vs dense
+    glocal bench --suite efficacy --plot efficacy.png  # local / global / linear / hybrid trained on synthetic tasks
     glocal bench --family models --plot models.png  # whole Hugging Face models: original vs converted/accelerated
     glocal bench --device cuda                    # the GPU suite
     glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
@@ -55,9 +56,11 @@ def add_arguments(parser) -> None:
                              "decoding: per-token time and memory of every decoding cache vs stream length; "
                              "models: MiniLM converted, ModernBERT and a Mistral-style LM accelerated, needs "
                              "transformers)")
-    parser.add_argument("--suite", choices=["cab"], default=None,
+    parser.add_argument("--suite", choices=["cab", "efficacy"], default=None,
                         help="a benchmark suite instead of a family: cab (every mechanism on the four CAB attention "
-                             "patterns vs dense SDPA, 256-16384 tokens, efficiency lengths; docs/cab.md)")
+                             "patterns vs dense SDPA, 256-16384 tokens, efficiency lengths; docs/cab.md); efficacy "
+                             "(local, global, linear and hybrid attention trained on MQAR, in-context regression "
+                             "and a 2-D grid task, 3 seeds; docs/efficacy.md)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
     parser.add_argument("--variants", action="store_true", help="with --device cuda: also time the tile variants")
     parser.add_argument("--compile-only", action="store_true",
@@ -209,11 +212,34 @@ def _cab_suite(args) -> int:
     return 0
 
 
+def _efficacy_suite(args) -> int:
+    import torch
+
+    from . import efficacy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr, flush=True)
+
+    result = efficacy.run(quick=args.quick, progress=None if args.no_progress else progress)
+    print(efficacy.format_table(result))
+    if args.json:
+        _write_json(args.json, result)
+    if args.plot:
+        efficacy.plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(args) -> int:
     if args.device == "cuda":
         return _cuda(args)
     if args.suite == "cab":
         return _cab_suite(args)
+    if args.suite == "efficacy":
+        return _efficacy_suite(args)
     if args.family == "global":
         return _global_family(args)
     if args.family == "routed":
