@@ -29,7 +29,7 @@ from ..decoding import (
     SlidingWindowCache,
 )
 from ..masks import block_means, pool_tokens
-from ..numerics import compute_dtype, merge_lse
+from ..numerics import compute_dtype, dense_attention, merge_lse
 from ..ops import (
     attention,
     linear_attention,
@@ -442,10 +442,5 @@ def _pick(x: torch.Tensor, heads: list[int]) -> torch.Tensor:
 def _attend_one(q, keys, values, scale, valid=None):
     """(out [B, H, D_v], lse [B, H]) of one query per head ``q [B, H, D]`` over ``keys, values [B, S, H, D]``;
     ``valid`` [B, H, S] (or broadcastable) masks keys out; no key gives out 0 and lse -inf."""
-    compute = compute_dtype(q)
-    scores = torch.einsum("bhd,bshd->bhs", q.to(compute), keys.to(compute)) * scale
-    if valid is not None:
-        scores = scores.masked_fill(~valid, -float("inf"))
-    lse = torch.logsumexp(scores, -1) if scores.shape[-1] else scores.new_full(scores.shape[:-1], -float("inf"))
-    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
-    return torch.einsum("bhs,bshd->bhd", probs, values.to(compute)).to(q.dtype), lse
+    out, lse = dense_attention(q[:, None], keys, values, scale, None if valid is None else valid[..., None, :])
+    return out[:, 0], lse[:, 0]
