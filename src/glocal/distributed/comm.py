@@ -1,0 +1,195 @@
+"""The traffic of glocal.distributed over torch.distributed: agreement between ranks, point-to-point
+messages, collectives, and a per-rank record of bytes sent and time spent.
+
+Everything here runs on the process group the caller passes (``None``: the default group), with
+the backend it was created with (gloo on CPUs, NCCL on GPUs). Messages with no elements are not
+sent; both sides know every size in advance (from :func:`agree`), so none is waited for.
+
+Example (inside an initialised process group):
+    >>> import glocal.distributed as gd                                    # doctest: +SKIP
+    >>> with gd.traffic() as record:                                       # doctest: +SKIP
+    ...     out = gd.neighborhood_attention(q, k, v, kernel_size=7)
+    >>> record.bytes_sent, record.comm_seconds                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..checks import distributed as dist_checks
+
+
+@dataclass
+class Traffic:
+    """What this rank did inside a :func:`traffic` block.
+
+    bytes_sent: payload bytes this rank sent (point-to-point, and its share of collectives:
+        (world - 1) x its input for an all-gather); messages: point-to-point sends;
+    comm_seconds: time blocked waiting on communication (what overlap did not hide);
+    compute_seconds: time in attention kernels; attention_flops: 2 x (D_qk + D_v) x heads x batch
+    x the query-key pairs this rank's kernels scored (ring attention; the balance of causal work).
+    """
+
+    bytes_sent: int = 0
+    messages: int = 0
+    comm_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    attention_flops: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_RECORD: ContextVar[Traffic | None] = ContextVar("glocal_distributed_traffic", default=None)
+
+
+@contextlib.contextmanager
+def traffic():
+    """Record this rank's traffic and time inside the block; yields the :class:`Traffic` being filled."""
+    record = Traffic()
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
+
+
+def note(**amounts) -> None:
+    record = _RECORD.get()
+    if record is not None:
+        for name, amount in amounts.items():
+            setattr(record, name, getattr(record, name) + amount)
+
+
+@contextlib.contextmanager
+def timed(kind: str):
+    """Add the block's wall time to ``comm_seconds`` or ``compute_seconds`` of the active record."""
+    if _RECORD.get() is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        note(**{f"{kind}_seconds": time.perf_counter() - start})
+
+
+class Group:
+    """This rank's place in a process group (``None``: the default group)."""
+
+    def __init__(self, group=None):
+        dist_checks.process_group(dist.is_available(), dist.is_available() and dist.is_initialized())
+        self.handle = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+
+    def global_rank(self, rank: int) -> int:
+        return rank if self.handle is None else dist.get_global_rank(self.handle, rank)
+
+
+def capture(check):
+    """Run ``check()``; return ``(result, None)``, or ``(None, error)`` when it refused (ValueError/TypeError)."""
+    try:
+        return check(), None
+    except (ValueError, TypeError) as err:
+        return None, err
+
+
+def agree(group: Group, meta, error: BaseException | None) -> list:
+    """Exchange every rank's description of its input (and its own checks' verdict); returns one per rank.
+
+    When any rank's checks refused its input, every rank raises: that rank its own error, the others
+    an error naming it. So a bad input on one rank never leaves the others waiting.
+    """
+    gathered = [None] * group.world
+    payload = (meta, None if error is None else (type(error).__name__, str(error)))
+    with timed("comm"):
+        dist.all_gather_object(gathered, payload, group=group.handle)
+    for rank, (_, refusal) in enumerate(gathered):
+        if refusal is not None:
+            if rank == group.rank:
+                raise error
+            raise dist_checks.rank_refused(rank, group.world, refusal[1])
+    return [m for m, _ in gathered]
+
+
+class Pending:
+    """Posted point-to-point messages; :meth:`wait` blocks until all are done (counted as communication)."""
+
+    def __init__(self, works, keep):
+        self.works, self.keep = works, keep
+
+    def wait(self) -> None:
+        with timed("comm"):
+            for work in self.works:
+                work.wait()
+        self.works, self.keep = [], []
+
+
+def post(group: Group, sends, recvs) -> Pending:
+    """Post ``sends`` (``(dst, tensor[, tag])``) and ``recvs`` (``(src, buffer[, tag])``, filled in place).
+
+    Empty messages are skipped (both sides know every size). Two messages between one pair of ranks in
+    one call need distinct tags."""
+    works, keep = [], []
+    for src, buffer, *tag in recvs:
+        if buffer.numel():
+            works.append(dist.irecv(buffer, group.global_rank(src), group=group.handle, tag=tag[0] if tag else 0))
+    for dst, tensor, *tag in sends:
+        if tensor.numel():
+            tensor = tensor.contiguous()
+            keep.append(tensor)  # alive until the send completes
+            works.append(dist.isend(tensor, group.global_rank(dst), group=group.handle, tag=tag[0] if tag else 0))
+            note(bytes_sent=tensor.numel() * tensor.element_size(), messages=1)
+    return Pending(works, keep)
+
+
+def all_gather(group: Group, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``x`` (one shape on every rank), in rank order."""
+    x = x.contiguous()
+    out = [torch.empty_like(x) for _ in range(group.world)]
+    note(bytes_sent=(group.world - 1) * x.numel() * x.element_size())
+    with timed("comm"):
+        dist.all_gather(out, x, group=group.handle)
+    return out
+
+
+def pack(tensors) -> torch.Tensor:
+    """One flat message from several tensors of one dtype."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unpack(flat: torch.Tensor, shapes) -> list[torch.Tensor]:
+    sizes = [int(torch.Size(s).numel()) for s in shapes]
+    return [piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes)]
+
+
+class Replicated(torch.autograd.Function):
+    """A tensor every rank holds the same copy of (extra tokens, an initial state): the identity forward;
+    backward sums the gradient over ranks, so each rank's gradient is the single-process one."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        note(bytes_sent=2 * (ctx.group.world - 1) * grad.numel() * grad.element_size() // ctx.group.world)
+        with timed("comm"):
+            dist.all_reduce(grad, group=ctx.group.handle)
+        return grad, None
+
+
+def replicated(x, group: Group):
+    """``x`` marked as the same on every rank (see :class:`Replicated`); None and no-grad tensors pass through."""
+    if x is None or not x.requires_grad or group.world == 1:
+        return x
+    return Replicated.apply(x, group)
