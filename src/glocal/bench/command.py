@@ -9,6 +9,7 @@ Usage:
     glocal bench --family decoding --plot decoding.png  # decoding caches: per-token time and memory vs stream length
     glocal bench --suite cab --json cab.json --plot cab.png  # every mechanism on the four CAB patterns vs dense
     glocal bench --suite efficacy --plot efficacy.png  # local / global / linear / hybrid trained on synthetic tasks
+    glocal bench --suite distributed --json dist.json  # context parallelism on 2 and 4 gloo processes
     glocal bench --family models --plot models.png  # whole Hugging Face models: original vs converted/accelerated
     glocal bench --device cuda                    # the GPU suite
     glocal bench --device cuda --compile-only     # its kernels' compiler report, on a machine without a GPU
@@ -56,11 +57,13 @@ def add_arguments(parser) -> None:
                              "decoding: per-token time and memory of every decoding cache vs stream length; "
                              "models: MiniLM converted, ModernBERT and a Mistral-style LM accelerated, needs "
                              "transformers)")
-    parser.add_argument("--suite", choices=["cab", "efficacy"], default=None,
+    parser.add_argument("--suite", choices=["cab", "efficacy", "distributed"], default=None,
                         help="a benchmark suite instead of a family: cab (every mechanism on the four CAB attention "
                              "patterns vs dense SDPA, 256-16384 tokens, efficiency lengths; docs/cab.md); efficacy "
                              "(local, global, linear and hybrid attention trained on MQAR, in-context regression "
-                             "and a 2-D grid task, 3 seeds; docs/efficacy.md)")
+                             "and a 2-D grid task, 3 seeds; docs/efficacy.md); distributed (context-parallel neighborhood, "
+                             "ring and linear attention on 2 and 4 gloo processes: bytes per rank vs an all-gather, "
+                             "time split into compute and communication; docs/distributed.md)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device suite (default cpu)")
     parser.add_argument("--variants", action="store_true", help="with --device cuda: also time the tile variants")
     parser.add_argument("--compile-only", action="store_true",
@@ -233,6 +236,26 @@ def _efficacy_suite(args) -> int:
     return 0
 
 
+def _distributed_suite(args) -> int:
+    import torch
+
+    from . import distributed
+    from .neighborhood import cpu_model, machine
+
+    repeats = args.repeats or (2 if args.quick else 5)
+    print(f"glocal bench --suite distributed: {cpu_model()}, {torch.get_num_threads()} CPU threads shared by the "
+          f"ranks, torch {torch.__version__}, gloo over loopback, median of {repeats}", flush=True)
+    with _bar(not args.no_progress, "distributed", "world") as progress:
+        rows = distributed.run(quick=args.quick, repeats=repeats, progress=progress)
+    print(distributed.format_table(rows))
+    if args.json:
+        _write_json(args.json, {"suite": "distributed", "machine": machine(), "repeats": repeats, "results": rows})
+    if args.plot:
+        distributed.plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def main(args) -> int:
     if args.device == "cuda":
         return _cuda(args)
@@ -240,6 +263,8 @@ def main(args) -> int:
         return _cab_suite(args)
     if args.suite == "efficacy":
         return _efficacy_suite(args)
+    if args.suite == "distributed":
+        return _distributed_suite(args)
     if args.family == "global":
         return _global_family(args)
     if args.family == "routed":
