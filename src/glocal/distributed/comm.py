@@ -136,18 +136,20 @@ def post(group: Group, sends, recvs) -> Pending:
     """Post ``sends`` (``(dst, tensor[, tag])``) and ``recvs`` (``(src, buffer[, tag])``, filled in place).
 
     Empty messages are skipped (both sides know every size). Two messages between one pair of ranks in
-    one call need distinct tags."""
-    works, keep = [], []
+    one call need distinct tags, and (for NCCL, which matches by order, not tag) the same order on both
+    sides. All are posted as one batch: NCCL runs a pair's messages in one stream, so a receive posted
+    alone before its own rank's send would wait forever for a peer doing the same."""
+    ops, keep = [], []
     for src, buffer, *tag in recvs:
         if buffer.numel():
-            works.append(dist.irecv(buffer, group.global_rank(src), group=group.handle, tag=tag[0] if tag else 0))
+            ops.append(dist.P2POp(dist.irecv, buffer, group.global_rank(src), group.handle, tag[0] if tag else 0))
     for dst, tensor, *tag in sends:
         if tensor.numel():
             tensor = tensor.contiguous()
             keep.append(tensor)  # alive until the send completes
-            works.append(dist.isend(tensor, group.global_rank(dst), group=group.handle, tag=tag[0] if tag else 0))
+            ops.append(dist.P2POp(dist.isend, tensor, group.global_rank(dst), group.handle, tag[0] if tag else 0))
             note(bytes_sent=tensor.numel() * tensor.element_size(), messages=1)
-    return Pending(works, keep)
+    return Pending(dist.batch_isend_irecv(ops) if ops else [], keep)
 
 
 def all_gather(group: Group, x: torch.Tensor) -> list[torch.Tensor]:
