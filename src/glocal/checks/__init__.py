@@ -70,6 +70,7 @@ from .linear import (  # noqa: F401
     chunk_size,
     feature_map,
     l2vit_args,
+    linear_inputs,
     linear_state,
     nonempty_keys,
     step_tensors,

@@ -8,7 +8,9 @@ import numbers
 
 import torch
 
-from .base import float_dtype, heads_and_dims, is_tensor, same_dtype_device
+from .base import causal_flag, float_dtype, heads_and_dims, is_tensor, same_dtype_device
+from .base import scale as scale_check
+from .dense import sequence_tensors
 
 
 def feature_map(feature_map, names: tuple) -> None:
@@ -50,6 +52,16 @@ def linear_state(name: str, state, q, k, v) -> None:
             f"({list(want_kv)}, {list(want_ksum)}); got {name}={got}. Pass the state returned by "
             f"linear_attention(..., return_state=True) or linear_attention_step for the same shapes."
         )
+
+
+def linear_inputs(q, k, v, is_causal, feature_map_value, names: tuple, scale, chunk_size_value, initial_state) -> None:
+    """Every argument of ``linear_attention`` (q, k, v as sequences; the state of an earlier call)."""
+    sequence_tensors(q, k, v)
+    causal_flag(is_causal)
+    feature_map(feature_map_value, names)
+    scale_check(scale, "1")
+    chunk_size(chunk_size_value)
+    linear_state("initial_state", initial_state, q, k, v)
 
 
 def step_tensors(q_t, k_t, v_t) -> None:

@@ -87,12 +87,7 @@ def linear_attention(q, k, v, feature_map="elu1", is_causal=False, normalize=Tru
     grp = comm.Group(group)
 
     def local_checks():
-        checks.sequence_tensors(q, k, v)
-        checks.causal_flag(is_causal)
-        checks.feature_map(feature_map, FEATURE_MAPS)
-        checks.scale(scale, "1")
-        checks.chunk_size(chunk_size)
-        checks.linear_state("initial_state", initial_state, q, k, v)
+        checks.linear_inputs(q, k, v, is_causal, feature_map, FEATURE_MAPS, scale, chunk_size, initial_state)
         dist_checks.causal_self(is_causal, q.shape[1], k.shape[1], "linear attention")
 
     _, error = comm.capture(local_checks)

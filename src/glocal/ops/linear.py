@@ -70,12 +70,7 @@ def linear_attention(q, k, v, feature_map="elu1", is_causal=False, normalize=Tru
         >>> out.shape, state[0].shape, state[1].shape
         (torch.Size([1, 100, 4, 16]), torch.Size([1, 4, 16, 16]), torch.Size([1, 4, 16]))
     """
-    checks.sequence_tensors(q, k, v)
-    checks.causal_flag(is_causal)
-    checks.feature_map(feature_map, FEATURE_MAPS)
-    checks.scale(scale, "1")
-    checks.chunk_size(chunk_size)
-    checks.linear_state("initial_state", initial_state, q, k, v)
+    checks.linear_inputs(q, k, v, is_causal, feature_map, FEATURE_MAPS, scale, chunk_size, initial_state)
     spec = LinearSpec(feature_map, is_causal, bool(normalize), int(chunk_size))
     tensors = {"q": q, "k": k, "v": v, "initial_state": initial_state}
     out, state = choose_backend(spec, tensors, backend).run(spec, tensors, resolve_scale(scale, 1.0))
