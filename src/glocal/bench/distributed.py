@@ -210,9 +210,13 @@ def format_table(rows: list[dict]) -> str:
     notes = []
     for r in rows:
         if "row_bytes" in r:
-            rows_sent = r["forward"]["bytes_sent"] / (2 * r["row_bytes"])
+            rows_sent, messages = r["forward"]["bytes_sent"] / (2 * r["row_bytes"]), r["forward"]["messages"]
             notes.append(f"{r['world']} ranks, {r['case']}: the busiest rank sends {rows_sent:.0f} rows of keys and "
-                         f"values in {r['forward']['messages']} messages (one per neighbour, (K // 2) rows each)")
+                         f"values in {messages} message{'s' if messages != 1 else ''} (one per neighbour, "
+                         f"{rows_sent / messages:.0f} rows each)")
+    if any(r["op"] == "linear" for r in rows):
+        notes.append("msgs counts point-to-point messages; linear attention's one state per rank travels in one "
+                     "all-gather")
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out + [""] + notes)
 
