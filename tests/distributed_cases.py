@@ -285,7 +285,39 @@ def errors(rank, world, seed):
     return report
 
 
-SCENARIOS = {"halo": halo, "sequences": sequences, "tools": tools, "errors": errors}
+def subgroups(rank, world, seed):
+    """Two process groups side by side (ranks 0-1 and 2..world-1), each sharding its own input with ``group=``:
+    messages go to the group's members by their global ranks, collectives stay inside the group."""
+    if world < 4:
+        return {}
+    groups = [torch.distributed.new_group([0, 1]), torch.distributed.new_group(list(range(2, world)))]
+    group = groups[rank >= 2]
+    sub_rank, sub_world = torch.distributed.get_rank(group), torch.distributed.get_world_size(group)
+    gen = torch.Generator().manual_seed(seed + (rank >= 2))
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    piece = lambda x: gd.shard(x, 1, group=group)  # noqa: E731
+    zigzag = lambda x: gd.shard(x, 1, group=group, layout="zigzag")  # noqa: E731
+    grid = {"q": rand(1, 5 * sub_world, 6, 2, 4), "k": rand(1, 5 * sub_world, 6, 2, 4),
+            "v": rand(1, 5 * sub_world, 6, 2, 4)}
+    seq = {"q": rand(1, 8 * sub_world, 2, 4), "k": rand(1, 8 * sub_world, 2, 4), "v": rand(1, 8 * sub_world, 2, 4)}
+    cases = {
+        "halo": (grid, piece, lambda q, k, v: (glocal.na2d(q, k, v, (5, 3), is_causal=(True, False)),),
+                 lambda q, k, v: (gd.neighborhood_attention(q, k, v, (5, 3), is_causal=(True, False), group=group),)),
+        "ring": (seq, zigzag, lambda q, k, v: (glocal.attention(q, k, v, is_causal=True),),
+                 lambda q, k, v: (gd.ring_attention(q, k, v, is_causal=True, group=group),)),
+        "linear": (seq, piece, lambda q, k, v: (glocal.linear_attention(q, k, v, is_causal=True, chunk_size=4),),
+                   lambda q, k, v: (gd.linear_attention(q, k, v, is_causal=True, chunk_size=4, group=group),)),
+    }
+    report = {}
+    for name, (inputs, cut, reference, distributed) in cases.items():
+        upstream = (rand(*inputs["q"].shape),)
+        sharded = {"q": cut, "k": cut, "v": cut, "out": (cut,)}
+        report[name] = {"config": {"group": 0 if rank < 2 else 1, "group_world": sub_world}, "dtype": "torch.float64",
+                        "errors": _compare(inputs, sharded, reference, distributed, upstream, sub_rank)}
+    return report
+
+
+SCENARIOS = {"halo": halo, "sequences": sequences, "tools": tools, "errors": errors, "subgroups": subgroups}
 
 
 def fails_on_rank_one(rank, world):

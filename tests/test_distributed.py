@@ -61,6 +61,14 @@ def test_linear_matches_single_process(ranks):
     _assert_cases(ranks[1], "sequences", "linear")
 
 
+def test_subgroups_shard_independently(ranks):
+    """group=: two groups of a 4-rank world each match the single-process ops on their own input."""
+    world, reports = ranks
+    if world < 4:
+        pytest.skip("two groups need 4 ranks")
+    _assert_cases(reports, "subgroups")
+
+
 def test_halo_bytes_256x256_k7(ranks):
     """Rows sharded, K=7: each neighbour gets (K // 2) = 3 rows of keys and 3 of values, one message."""
     world, reports = ranks
