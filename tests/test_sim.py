@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,6 +381,40 @@ def test_report_puts_predictions_next_to_measurements(capsys):
     assert "Spearman rank correlation" in out and f"{result.spearman:.3f}" in out
 
 
+def _gpu_row(name, spatial, kernel, causal, backward=False, glocal_ms=1.0, sdpa_ms=8.0):
+    return {"name": name, "spatial": spatial, "kernel_size": kernel, "is_causal": causal, "heads": 8,
+            "head_dim": 128, "dtype": "bfloat16", "backward": backward, "backend": "triton",
+            "glocal_ms": glocal_ms, "sdpa_ms": sdpa_ms}
+
+
+def test_report_predicts_gpu_suite_rows_with_the_triton_tiling(capsys):
+    rows = [_gpu_row("2-D", [128, 128], [13, 13], [False, False], sdpa_ms=9.0),
+            _gpu_row("1-D causal", [4096], [512], [True], glocal_ms=2.0),
+            _gpu_row("2-D fwd+bwd", [64, 64], [7, 7], [False, False], backward=True, sdpa_ms=3.0),
+            {"name": "3-D", "error": "timed out"}]
+    result = sim.report(rows, HW, show=False)
+    assert [r[0] for r in result.rows] == ["2-D", "1-D causal", "2-D fwd+bwd"]  # the failed config left out
+    problems = [sim.Problem((128, 128), 8, 128, 13, dtype="bfloat16"),
+                sim.Problem((4096,), 8, 128, 512, is_causal=True, dtype="bfloat16"),
+                sim.Problem((64, 64), 8, 128, 7, dtype="bfloat16", backward=True)]
+    for (_, measured, predicted), problem, row in zip(result.rows, problems, rows):
+        assert measured == row["sdpa_ms"] / row["glocal_ms"]
+        assert predicted == sim.predict(problem, sim.triton_tiling(problem), HW).speedup_bound
+        assert predicted != sim.predict(problem, sim.cpu_tiling(problem), HW).speedup_bound
+
+
+def test_report_of_the_h100_run_in_docs(capsys):
+    """docs/gpu_h100.json (the GPU table of docs/gpu.md): read with its card's figures, every row predicted."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "gpu_h100.json"
+    assert main(["sim", "--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    result = sim.report(data["rows"], sim.Hardware(1e3 * data["matmul_tflops"], data["bandwidth_gbs"]), show=False)
+    assert len(result.rows) == 5 and f"Spearman rank correlation (measured vs predicted, 5 rows): " \
+        f"{result.spearman:.3f}" in out and "NVIDIA H100" in out
+    assert all(m is not None and m > 1 for _, m, _ in result.rows)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -521,6 +556,21 @@ def test_error_report_rows():
 def test_error_report_row_keys():
     with raises(ValueError, "report row 0 lacks ['speedup_vs_dense']", "['config']"):
         sim.report([{"config": "1d:64,k3"}], HW)
+
+
+def test_error_report_gpu_row_keys():
+    row = {k: v for k, v in _gpu_row("2-D", [8, 8], [3, 3], [False, False]).items() if k != "kernel_size"}
+    with raises(ValueError, "report row 0 lacks ['kernel_size']", "the GPU suite"):
+        sim.report([row], HW)
+
+
+def test_error_report_gpu_figures(tmp_path, capsys):
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps({"card": "old run", "matmul_tflops": 700.0,
+                                "rows": [_gpu_row("2-D", [8, 8], [3, 3], [False, False])]}))
+    assert main(["sim", "--report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the GPU suite's JSON lacks the card's measured ['bandwidth_gbs']" in err and "--hardware" in err
 
 
 def test_error_triton_dtype():

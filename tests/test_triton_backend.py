@@ -306,12 +306,14 @@ def _fake_suite(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake card")
     monkeypatch.setattr(gpu, "matmul_tflops", lambda rep_ms: 700.0)
+    monkeypatch.setattr(gpu, "copy_gbs", lambda rep_ms: 3000.0)
     monkeypatch.setattr(gpu, "check", lambda n: dict(problems=n, worst_fwd=1e-3, worst_bwd=2e-3, failures=[]))
 
     def fake_time(cfg, rep_ms, variants=None, save=None):
         if "3-D" in cfg["name"]:
             raise RuntimeError("no kernel for you")
-        row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=1e-3, glocal_ms=1.0, flex_ms=2.0,
+        row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=1e-3, **gpu.configs.problem_fields(cfg),
+                   glocal_ms=1.0, flex_ms=2.0,
                    sdpa_ms=4.0, useful_gflop=70.0, glocal_tflops=70.0, flex_tflops=35.0, vs_flex=2.0, vs_sdpa=4.0,
                    variants=[dict(options="{'fwd_tma': True}", ms=0.5, vs_flex=4.0, agree_vs_flex=2e-3)] if variants else [])
         if save:
@@ -332,6 +334,25 @@ def test_gpu_suite_main_reports_rows_errors_and_variants(monkeypatch, tmp_path, 
     assert "error: RuntimeError: no kernel for you" in out and "worst relative error forward 1.00e-03" in out
     saved = json.load(open(path))
     assert saved["card"] == "fake card" and saved["matmul_tflops"] == 700.0 and len(saved["rows"]) == 5
+    assert saved["bandwidth_gbs"] == 3000.0
+
+
+def test_gpu_suite_json_feeds_the_sim_report(monkeypatch, tmp_path, capsys):
+    """glocal sim --report reads the suite's JSON: its card's figures, Triton tilings, the failed config left out."""
+    from glocal.cli import main
+    from glocal.sim import Hardware, Problem, predict, triton_tiling
+
+    gpu = _fake_suite(monkeypatch)
+    path = str(tmp_path / "gpu.json")
+    gpu.main(argparse.Namespace(repeats=30, quick=False, json=path, checks=0, variants=False, in_process=True))
+    capsys.readouterr()
+    assert main(["sim", "--report", path]) == 0
+    out = capsys.readouterr().out
+    assert "3-D" not in out and "fake card (700000 GFLOP/s, 3000.0 GB/s)" in out and "4 rows" in out
+    problem = Problem((128, 128), 8, 128, kernel_size=13, dtype="bfloat16")
+    bound = predict(problem, triton_tiling(problem), Hardware(700000.0, 3000.0)).speedup_bound
+    line = next(line for line in out.splitlines() if line.startswith("2-D 128x128 K=13 fwd "))
+    assert line.split()[-3:] == ["4.0", f"{bound:.1f}", f"{4.0 / bound:.2f}"]  # measured, predicted, their ratio
 
 
 def test_gpu_suite_child_saves_its_result(monkeypatch, tmp_path):

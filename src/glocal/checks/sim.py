@@ -100,14 +100,30 @@ def tile_text(text: str, ndim: int) -> tuple[int, ...]:
 
 
 def report_rows(rows) -> None:
+    """Rows of ``glocal bench --json`` (config, speedup_vs_dense) or of the GPU suite's JSON (name, the problem's
+    spatial / kernel_size / is_causal ..., glocal_ms, sdpa_ms)."""
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"report takes the rows of `glocal bench --json` (a list of dicts, the file's 'results'); "
-                         f"got rows of type {type(rows).__name__}. Pass json.load(f)['results'].")
+        raise ValueError(f"report takes the rows of `glocal bench --json` (a list of dicts, the file's 'results') or "
+                         f"of the GPU suite (its 'rows'); got rows of type {type(rows).__name__}. Pass "
+                         f"json.load(f)['results'].")
     for i, row in enumerate(rows):
-        missing = [k for k in ("config", "speedup_vs_dense") if k not in row]
+        if "spatial" in row and "sdpa_ms" in row:  # a GPU suite row
+            needed = ("name", "kernel_size", "is_causal", "heads", "head_dim", "glocal_ms", "sdpa_ms")
+            how = "the GPU suite (`glocal bench --device cuda --json`)"
+        else:
+            needed, how = ("config", "speedup_vs_dense"), "`glocal bench --json`"
+        missing = [k for k in needed if k not in row]
         if missing:
-            raise ValueError(f"report row {i} lacks {missing}; got keys {sorted(row)}. Pass rows written by "
-                             f"`glocal bench --json`.")
+            raise ValueError(f"report row {i} lacks {missing}; got keys {sorted(row)}. Pass rows written by {how}.")
+
+
+def report_hardware(data) -> None:
+    """The figures a GPU suite JSON must carry for a report without ``--hardware``."""
+    missing = [k for k in ("matmul_tflops", "bandwidth_gbs") if not isinstance(data.get(k), (int, float))]
+    if missing:
+        raise ValueError(f"the GPU suite's JSON lacks the card's measured {missing} (runs before the suite measured "
+                         f"its copy bandwidth have none); got keys {sorted(data)}. Pass --hardware with the card's "
+                         f"figures (JSON: peak_gflops, bandwidth_gbs, name).")
 
 
 def triton_problem(dtype: str, head_dim: int, value_dim: int) -> None:

@@ -7,6 +7,7 @@ Usage:
     glocal sim --config 1d:16384,k512,causal=1 --flat 128
     glocal sim --config 2d:64x64,k8,s8 --search --perfect-stride --json out.json
     glocal sim --report bench.json                           # predicted vs measured rows of glocal bench --json
+    glocal sim --report docs/gpu_h100.json                   # ... of the GPU suite's JSON (Triton tiling, its card)
 
 Example:
     >>> from glocal.cli import main
@@ -27,6 +28,7 @@ from ..checks import sim as checks
 from .hardware import calibrate, default_path, load_hardware, save_hardware
 from .kernels import cpu_tiling, triton_tiling
 from .model import (
+    Hardware,
     Tiling,
     bytes_moved,
     count_tiles,
@@ -60,7 +62,9 @@ def add_arguments(parser) -> None:
                         help=f"figures from --calibrate (default $GLOCAL_HARDWARE or {'~/.cache/glocal/hardware.json'})")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure peak matmul GFLOP/s and copy GB/s here and save them (to --hardware PATH)")
-    parser.add_argument("--report", metavar="BENCH_JSON", help="predicted vs measured for glocal bench --json output")
+    parser.add_argument("--report", metavar="BENCH_JSON",
+                        help="predicted vs measured for glocal bench --json output, or the GPU suite's JSON "
+                             "(glocal bench --device cuda --json; its card's figures unless --hardware)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout)")
 
 
@@ -142,6 +146,14 @@ def _hardware(args, needed: bool):
         return None
 
 
+def _report_hardware(args, data):
+    """A GPU suite's JSON carries its card's measured figures; bench rows use --hardware (or the calibrated file)."""
+    if args.hardware or not (isinstance(data, dict) and "card" in data):
+        return _hardware(args, needed=True)
+    checks.report_hardware(data)
+    return Hardware(1e3 * data["matmul_tflops"], data["bandwidth_gbs"], data["card"])
+
+
 def main(args) -> int:
     try:
         return _main(args)
@@ -161,8 +173,8 @@ def _main(args) -> int:
     if args.report:
         with open(args.report) as f:
             data = json.load(f)
-        rows = data.get("results") if isinstance(data, dict) else data
-        result = report(rows, _hardware(args, needed=True))
+        rows = data.get("results", data.get("rows")) if isinstance(data, dict) else data
+        result = report(rows, _report_hardware(args, data))
         if args.json:
             _write(args.json, dict(rows=[dict(config=c, measured=m, predicted=p) for c, m, p in result.rows],
                                    spearman=result.spearman))

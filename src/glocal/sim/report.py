@@ -1,8 +1,10 @@
 """Predicted next to measured: the model's speedup bounds for rows of ``glocal bench --json``.
 
-Legend: per row, ``measured`` = the row's ``speedup_vs_dense`` (dense SDPA time / glocal time),
-``predicted`` = :attr:`glocal.sim.Prediction.speedup_bound` of the row's problem under
-:func:`glocal.sim.cpu_tiling`; ``spearman`` = rank correlation of the two over rows with both.
+Legend: per row, ``measured`` = dense SDPA time / glocal time (a CPU bench row's ``speedup_vs_dense``;
+a GPU suite row's ``sdpa_ms / glocal_ms``), ``predicted`` = :attr:`glocal.sim.Prediction.speedup_bound`
+of the row's problem under the tiling of the kernel that ran it (:func:`glocal.sim.cpu_tiling` for
+``glocal bench`` rows, :func:`glocal.sim.triton_tiling` for GPU suite rows, ``backend="triton"``);
+``spearman`` = rank correlation of the two over rows with both.
 
 Example:
     >>> spearman([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0])
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 from ..checks import sim as checks
 from .hardware import load_hardware
-from .kernels import cpu_tiling
+from .kernels import cpu_tiling, triton_tiling
 from .model import Hardware, Problem, predict
 from .parse import parse_config
 
@@ -82,19 +84,35 @@ class Report:
         return "\n".join(out)
 
 
+def _axes(value):
+    """A JSON per-axis list as the tuple a Problem takes (an int or bool stays as it is)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _problem(row: dict) -> Problem:
     dtype = row.get("dtype") or "float32"
     if "spatial" in row and row.get("spatial") is not None:
+        causal = _axes(row["is_causal"])
         return Problem(tuple(row["spatial"]), int(row.get("heads", 4)), int(row.get("head_dim", 64)),
-                       tuple(row["kernel_size"]), tuple(row["stride"]), tuple(row["dilation"]),
-                       tuple(bool(c) for c in row["is_causal"]), dtype=dtype, batch=int(row.get("batch", 1)))
+                       _axes(row["kernel_size"]), _axes(row.get("stride", 1)), _axes(row.get("dilation", 1)),
+                       tuple(map(bool, causal)) if isinstance(causal, tuple) else bool(causal), dtype=dtype,
+                       batch=int(row.get("batch", 1)), backward=bool(row.get("backward", False)))
     return parse_config(row["config"], dtype=dtype)
 
 
+def _measured(row: dict):
+    """Dense time over glocal time: a CPU bench row's ``speedup_vs_dense``, a GPU row's ``sdpa_ms / glocal_ms``."""
+    if "sdpa_ms" in row:
+        ok = row.get("sdpa_ms") is not None and row.get("glocal_ms")
+        return float(row["sdpa_ms"]) / float(row["glocal_ms"]) if ok else None
+    return None if row.get("speedup_vs_dense") is None else float(row["speedup_vs_dense"])
+
+
 def report(rows, hardware: Hardware | None = None, show: bool = True, file=None) -> Report:
-    """Print measured speedups over dense next to the model's bounds (glocal's CPU tiling) and their Spearman
-    rank correlation (to ``file``, default stdout; nothing with ``show=False``); returns the :class:`Report`.
-    ``hardware=None`` reads the calibrated figures (:func:`glocal.sim.load_hardware`).
+    """Print measured speedups over dense next to the model's bounds (the tiling of the kernel that ran each
+    row: CPU, or Triton for GPU suite rows) and their Spearman rank correlation (to ``file``, default stdout; nothing with ``show=False``); returns the :class:`Report`.
+    ``hardware=None`` reads the calibrated figures (:func:`glocal.sim.load_hardware`). Rows that recorded an
+    ``error`` (a config the GPU suite could not time) are left out.
 
     Example:
         >>> rows = [{"config": "1d:4096,k64,h1,dim64", "speedup_vs_dense": 9.0},
@@ -103,14 +121,13 @@ def report(rows, hardware: Hardware | None = None, show: bool = True, file=None)
         >>> r.spearman
         1.0
     """
-    checks.report_rows(rows)
+    checks.report_rows([row for row in rows if not row.get("error")] if isinstance(rows, list) else rows)
     hardware = load_hardware() if hardware is None else hardware
     out = []
-    for row in rows:
+    for row in (row for row in rows if not row.get("error")):  # a config the GPU suite could not time
         problem = _problem(row)
-        predicted = predict(problem, cpu_tiling(problem), hardware).speedup_bound
-        measured = row.get("speedup_vs_dense")
-        out.append((row["config"], None if measured is None else float(measured), predicted))
+        tiling = triton_tiling(problem) if row.get("backend") == "triton" else cpu_tiling(problem)
+        out.append((row.get("config") or row["name"], _measured(row), predict(problem, tiling, hardware).speedup_bound))
     pairs = [(m, p) for _, m, p in out if m is not None]
     result = Report(out, spearman([m for m, _ in pairs], [p for _, p in pairs]), hardware)
     if show:

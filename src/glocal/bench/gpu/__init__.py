@@ -46,13 +46,13 @@ from .report import (
     offline_report,
     print_offline,
 )
-from .timing import _bench, matmul_tflops, print_table, time_config
+from .timing import _bench, copy_gbs, matmul_tflops, print_table, time_config
 
 # Attended (query, key) pairs of a neighborhood spec (the suite's old name for it).
 _useful_pairs = attended_pairs
 
 __all__ = [
-    "CONFIGS", "VARIANTS", "HEAD_DIMS", "add_arguments", "main", "check", "time_config", "matmul_tflops",
+    "CONFIGS", "VARIANTS", "HEAD_DIMS", "add_arguments", "main", "check", "time_config", "matmul_tflops", "copy_gbs",
     "print_table", "kernel_report", "offline_report", "print_offline", "run_isolated",
     "_SMALL_1D", "_random_problem", "_rel", "_useful_pairs", "_bench", "_report_line", "_resources",
     "_offline_target", "_triton_version", "_options", "_child_command", "_child", "_run_task",
@@ -124,6 +124,7 @@ def main(args) -> int:
     checked, error = _run_task(opt, "check", 2 * opt["budget"])
     checked = checked or {}
     result["matmul_tflops"] = checked.get("matmul_tflops")
+    result["bandwidth_gbs"] = checked.get("bandwidth_gbs")
     if checked.get("check"):
         result["check"] = checked["check"]
     elif opt["checks"] > 0:

@@ -28,6 +28,20 @@ CONFIGS = [
          target=1.3),
 ]
 
+def problem_fields(cfg: dict, heads: int = 8, head_dim: int = 128) -> dict:
+    """What a timed row records of its problem, for ``glocal sim --report`` (rows with ``backend="triton"``).
+
+    Example:
+        >>> problem_fields(CONFIGS[0])["kernel_size"], problem_fields(CONFIGS[0])["is_causal"]
+        ([13, 13], [False, False])
+    """
+    ndim = len(cfg["spatial"])
+    per_axis = lambda v: list(v) if isinstance(v, (tuple, list)) else [v] * ndim  # noqa: E731
+    return dict(spatial=list(cfg["spatial"]), kernel_size=per_axis(cfg["kernel_size"]),
+                is_causal=per_axis(cfg["causal"]), heads=heads, head_dim=head_dim, dtype="bfloat16",
+                backward=cfg["backward"], backend="triton")
+
+
 # Tile variants timed with --variants (glocal only; same Flex baseline). Keys are
 # glocal.config.triton_tiles() options (the same as ops.tiles()).
 _SMALL_1D = dict(fwd_q=(1, 1, 64), fwd_k=(1, 1, 64), fwd_warps=4, fwd_stages=3)

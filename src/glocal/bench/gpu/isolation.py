@@ -97,7 +97,7 @@ def _child(opt: dict, task: str) -> int:
             json.dump(result, f, indent=1, default=str)
 
     if task == "check":
-        result = dict(matmul_tflops=suite.matmul_tflops(opt["rep_ms"]))
+        result = dict(matmul_tflops=suite.matmul_tflops(opt["rep_ms"]), bandwidth_gbs=suite.copy_gbs(opt["rep_ms"]))
         save(result)
         if opt["checks"] > 0:
             result["check"] = suite.check(opt["checks"])
@@ -112,7 +112,7 @@ def _run_task(opt: dict, task: str, budget_s: float) -> tuple:
     """A task's result in a child process (or in this one with --in-process): ``(result, error)``."""
     if opt["in_process"]:
         if task == "check":
-            return dict(matmul_tflops=suite.matmul_tflops(opt["rep_ms"]),
+            return dict(matmul_tflops=suite.matmul_tflops(opt["rep_ms"]), bandwidth_gbs=suite.copy_gbs(opt["rep_ms"]),
                         check=suite.check(opt["checks"]) if opt["checks"] > 0 else None), None
         cfg = CONFIGS[int(task.split(":")[1])]
         try:

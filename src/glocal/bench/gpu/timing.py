@@ -22,7 +22,7 @@ from ... import config
 from ...backends import flex
 from ...masks import attended_pairs
 from ...spec import make_neighborhood_spec
-from .configs import VARIANTS
+from .configs import VARIANTS, problem_fields
 from .correctness import _rel
 from .report import _report_line, kernel_report
 
@@ -41,6 +41,15 @@ def matmul_tflops(rep_ms: int) -> float:
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     ms = _bench(lambda: a @ b, rep_ms)
     return 2 * n**3 / ms / 1e9
+
+
+def copy_gbs(rep_ms: int, nbytes: int = 1 << 30) -> float:
+    """The card's copy bandwidth (one 1 GiB device-to-device copy, reads plus writes), in GB/s: the other
+    figure glocal.sim's report needs (``glocal sim --report``)."""
+    src = torch.ones(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src), rep_ms)
+    return 2 * nbytes / ms / 1e6
 
 
 def time_config(cfg: dict, rep_ms: int, variants=None, save=None) -> dict:
@@ -99,7 +108,7 @@ def time_config(cfg: dict, rep_ms: int, variants=None, save=None) -> dict:
         fo = flex_fn(qt.detach(), kt.detach(), vt.detach(), block_mask=bm, scale=scale)
     agree = _rel(go.reshape(1, n, heads, dim).transpose(1, 2), fo)
 
-    row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=agree)
+    row = dict(name=cfg["name"], target=cfg["target"], agree_vs_flex=agree, **problem_fields(cfg, heads, dim))
     ops.last_compiled.clear()
     row["glocal_ms"] = _bench(glocal_fn, rep_ms)
     row["kernels"] = kernel_report()
