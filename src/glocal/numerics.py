@@ -93,7 +93,9 @@ def merge_lse(outputs, lses) -> tuple[torch.Tensor, torch.Tensor]:
     compute = compute_dtype(outputs[0])
     stacked = torch.stack([lse.to(compute) for lse in lses], dim=-1)
     weights, lse = softmax_with_lse(stacked)
-    out = sum(weights[..., i, None] * o.to(compute) for i, o in enumerate(outputs))
+    out = outputs[0].to(compute) * weights[..., 0, None]
+    for i, o in enumerate(outputs[1:], 1):  # one fused multiply-add per part (sum() would add to 0 first)
+        out.addcmul_(o.to(compute), weights[..., i, None])
     return out.to(outputs[0].dtype), lse.to(lses[0].dtype)
 
 
