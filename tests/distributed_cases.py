@@ -285,6 +285,30 @@ def errors(rank, world, seed):
     return report
 
 
+def agreement(rank, world, seed):
+    """How the ranks agree before an op: one small all-gather when all is well, the pickled exchange (which the
+    error messages quote) only when a rank refused or the descriptions differ."""
+    calls = {"object": 0}
+    original = torch.distributed.all_gather_object
+
+    def counting(*args, **kwargs):
+        calls["object"] += 1
+        return original(*args, **kwargs)
+
+    torch.distributed.all_gather_object = counting
+    try:
+        x = torch.randn(1, 4 * world + rank, 2, 4, generator=torch.Generator().manual_seed(seed))  # unequal pieces
+        gd.gather(x, 1)
+        gd.neighborhood_attention(x, x, x, 3)
+        seq = torch.randn(1, 4, 2, 4, generator=torch.Generator().manual_seed(seed))
+        gd.ring_attention(seq, seq, seq, is_causal=True)
+        fast = calls["object"]
+        mismatch = _message(lambda: gd.ring_attention(seq, seq, seq, scale=0.5 if rank else None))
+        return {"fast_path_objects": fast, "mismatch_objects": calls["object"] - fast, "mismatch": mismatch}
+    finally:
+        torch.distributed.all_gather_object = original
+
+
 def subgroups(rank, world, seed):
     """Two process groups side by side (ranks 0-1 and 2..world-1), each sharding its own input with ``group=``:
     messages go to the group's members by their global ranks, collectives stay inside the group."""
@@ -317,7 +341,7 @@ def subgroups(rank, world, seed):
     return report
 
 
-SCENARIOS = {"halo": halo, "sequences": sequences, "tools": tools, "errors": errors, "subgroups": subgroups}
+SCENARIOS = {"halo": halo, "sequences": sequences, "tools": tools, "errors": errors, "subgroups": subgroups, "agreement": agreement}
 
 
 def fails_on_rank_one(rank, world):

@@ -61,6 +61,25 @@ def test_linear_matches_single_process(ranks):
     _assert_cases(ranks[1], "sequences", "linear")
 
 
+def test_agreement_takes_one_small_all_gather_unless_something_differs(ranks):
+    world, reports = ranks
+    for report in reports:
+        agreement = report["agreement"]
+        assert agreement["fast_path_objects"] == 0  # gather, halo and ring agreed without pickling
+        assert agreement["mismatch_objects"] == 1
+        assert "every rank must pass the same options (is_causal, scale, layout, return_lse)" in agreement["mismatch"]
+        assert "rank 0: (False, None, 'zigzag', False), rank 1: (False, 0.5, 'zigzag', False)" in agreement["mismatch"]
+
+
+def test_agreement_ints_round_trip():
+    from glocal.distributed.comm import _ints, _rebuild
+
+    value = (7, (torch.Size([1, 4, 2, 8]), (3, 5)))
+    ints = _ints(value)
+    assert ints == [7, 1, 4, 2, 8, 3, 5] and _rebuild(value, list(ints)) == (7, ((1, 4, 2, 8), (3, 5)))
+    assert _ints((1, True)) is None and _ints((1, "a")) is None and _ints(2.0) is None
+
+
 def test_subgroups_shard_independently(ranks):
     """group=: two groups of a 4-rank world each match the single-process ops on their own input."""
     world, reports = ranks

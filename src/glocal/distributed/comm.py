@@ -15,6 +15,7 @@ Example (inside an initialised process group):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
@@ -88,6 +89,9 @@ class Group:
         self.handle = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
+        # Where this group's small collectives live: NCCL takes only tensors on this process's GPU.
+        nccl = dist.get_backend(group) == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def global_rank(self, rank: int) -> int:
         return rank if self.handle is None else dist.get_global_rank(self.handle, rank)
@@ -101,12 +105,67 @@ def capture(check):
         return None, err
 
 
-def agree(group: Group, meta, error: BaseException | None) -> list:
+# What one small int64 all-gather of agree() carries per rank: a status, the fingerprint of the part of
+# the description that must match (2 ints), the count of per-rank ints and up to _OWN_INTS of them.
+_OWN_INTS = 16
+
+
+def _ints(value):
+    """The ints of an int or a nested tuple of ints (lengths, shapes), flattened; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        out = []
+        for item in value:
+            ints = _ints(item)
+            if ints is None:
+                return None
+            out += ints
+        return out
+    return None
+
+
+def _rebuild(template, ints: list):
+    """``template``'s structure (from :func:`_ints`) filled with ``ints`` in order (consumed from the front)."""
+    if isinstance(template, int):
+        return ints.pop(0)
+    return tuple(_rebuild(item, ints) for item in template)
+
+
+def _fingerprint(value) -> list[int]:
+    """Two int64 of a hash of ``repr(value)``, the same in every process (Python's hash() is not)."""
+    digest = hashlib.blake2b(repr(value).encode(), digest_size=16).digest()
+    return [int.from_bytes(digest[:8], "little", signed=True), int.from_bytes(digest[8:], "little", signed=True)]
+
+
+def agree(group: Group, meta, error: BaseException | None, per_rank: tuple = ()) -> list:
     """Exchange every rank's description of its input (and its own checks' verdict); returns one per rank.
 
-    When any rank's checks refused its input, every rank raises: that rank its own error, the others
-    an error naming it. So a bad input on one rank never leaves the others waiting.
+    ``meta``: None, a tuple, or a dict whose keys in ``per_rank`` may differ between ranks (ints or
+    tuples of ints: local lengths and shapes); everything else is expected to be the same on every rank
+    (the caller checks it on what this returns, so a mismatch gets its message). When any rank's checks
+    refused its input, every rank raises: that rank its own error, the others an error naming it. So a
+    bad input on one rank never leaves the others waiting.
+
+    The usual case, no refusal and the shared part the same everywhere, costs one all-gather of a few
+    int64 (the shared part compared by a fingerprint); any other case takes a pickled exchange of the
+    whole descriptions (``all_gather_object``, two collectives), which the error messages quote.
     """
+    shared = {k: v for k, v in meta.items() if k not in per_rank} if isinstance(meta, dict) else meta
+    own = tuple(meta[k] for k in per_rank) if isinstance(meta, dict) else ()
+    ints = None if error is not None else _ints(own)
+    status = 1 if error is not None else 2 if ints is None or len(ints) > _OWN_INTS else 0
+    ints = ints if status == 0 else []
+    structure = repr(_rebuild(own, [0] * len(ints))) if status == 0 else ""
+    row = [status, *_fingerprint((shared, structure)), len(ints), *ints, *[0] * (_OWN_INTS - len(ints))]
+    mine = torch.tensor(row, dtype=torch.int64, device=group.device)
+    rows = [torch.empty_like(mine) for _ in range(group.world)]
+    with timed("comm"):
+        dist.all_gather(rows, mine, group=group.handle)
+        rows = [r.tolist() for r in rows]
+    if all(r[0] == 0 and r[1:3] == row[1:3] for r in rows):
+        return [dict(meta, **dict(zip(per_rank, _rebuild(own, r[4:4 + r[3]])))) if isinstance(meta, dict) else meta
+                for r in rows]
     gathered = [None] * group.world
     payload = (meta, None if error is None else (type(error).__name__, str(error)))
     with timed("comm"):

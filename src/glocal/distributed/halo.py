@@ -291,7 +291,7 @@ def neighborhood_attention(q, k, v, kernel_size, stride=1, dilation=1, is_causal
         "requires_grad": tuple(bool(t is not None and t.requires_grad)
                                for t in (q, k, v, additional_keys, additional_values)),
     }
-    metas = comm.agree(grp, meta, error)
+    metas = comm.agree(grp, meta, error, per_rank=("length",))
     for key in ("shard_dim", "shapes", "extra", "dtype", "options", "scale", "return_lse", "requires_grad"):
         dist_checks.same_on_ranks(key.replace("_", " ") if key != "shapes" else
                                   "shapes of q, k and v off the sharded axis", [m[key] for m in metas])

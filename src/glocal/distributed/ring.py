@@ -216,7 +216,7 @@ def ring_attention(q, k, v, is_causal=False, scale=None, return_lse=False, group
         "options": (is_causal, scale, layout, bool(return_lse)),
         "requires_grad": (q.requires_grad, k.requires_grad, v.requires_grad),
     }
-    metas = comm.agree(grp, meta, error)
+    metas = comm.agree(grp, meta, error, per_rank=("q_len", "kv_shapes"))
     for key, what in (("shapes", "batch, heads and head dims of q, k and v"), ("dtype", "dtype"),
                       ("options", "options (is_causal, scale, layout, return_lse)"),
                       ("requires_grad", "requires_grad of q, k and v")):

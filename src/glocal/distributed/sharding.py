@@ -124,9 +124,10 @@ def gather(x: torch.Tensor, dim: int, group=None, layout: str = "contiguous") ->
         return _dim(x, dim)
 
     dim, error = comm.capture(local_checks)
-    metas = comm.agree(grp, None if error else (x.shape[dim], tuple(_with(x.shape, dim, 0)), str(x.dtype)), error)
-    dist_checks.same_on_ranks("shape off the gathered axis and dtype", [m[1:] for m in metas])
-    lengths = tuple(m[0] for m in metas)
+    meta = None if error else {"length": x.shape[dim], "rest": (tuple(_with(x.shape, dim, 0)), str(x.dtype))}
+    metas = comm.agree(grp, meta, error, per_rank=("length",))
+    dist_checks.same_on_ranks("shape off the gathered axis and dtype", [m["rest"] for m in metas])
+    lengths = tuple(m["length"] for m in metas)
     if layout == "zigzag":
         dist_checks.zigzag_lengths(list(lengths))
     return _Gather.apply(x, grp, dim, lengths, layout)
