@@ -173,6 +173,28 @@ def test_rat_cache_equals_rat_attention(gen, chunk, prefill):
     assert cache.key_states.length == -(-23 // chunk)  # one state per chunk, not per token
 
 
+@pytest.mark.parametrize("pieces", [(5, 9), (1, 1, 3), (4, 4, 1), (13,)])
+def test_rat_cache_extend_in_pieces_equals_steps(gen, pieces):
+    """extend from the middle of a chunk, across whole chunks and into the next one, equals step by step."""
+    q, k, v = tokens(gen, 20, 4, 2, value_dim=6)
+    gk = torch.rand(1, 20, 2, 8, generator=gen, dtype=F64)
+    gv = torch.rand(1, 20, 2, 1, generator=gen, dtype=F64)
+    stepped = RATCache(4)
+    want = [stepped.step(q[:, t], k[:, t], v[:, t], gk[:, t], gv[:, t]) for t in range(20)]
+    cache, at = RATCache(4), 0
+    for n in pieces:
+        cache.extend(k[:, at:at + n], v[:, at:at + n], gk[:, at:at + n], gv[:, at:at + n])
+        at += n
+    reference = RATCache(4)  # stepped to the same point: the same states, slot for slot
+    for t in range(at):
+        reference.step(q[:, t], k[:, t], v[:, t], gk[:, t], gv[:, t])
+    assert cache.length == reference.length == at
+    assert_close(cache.key_states.view(), reference.key_states.view())
+    assert_close(cache.value_states.view(), reference.value_states.view())
+    got = torch.stack([cache.step(q[:, t], k[:, t], v[:, t], gk[:, t], gv[:, t]) for t in range(at, 20)], 1)
+    assert_close(got, torch.stack(want[at:], 1))
+
+
 @pytest.mark.parametrize("routing", [{"top_k": 1}, {"top_k": 3}, {"threshold": 0.6}])
 def test_moba_cache_equals_causal_moba_attention(gen, routing):
     q, k, v = tokens(gen, 45, 4, 2, value_dim=6)

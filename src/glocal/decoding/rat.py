@@ -97,7 +97,38 @@ class RATCache(DecodingCache):
         cache_gate("key_gate", key_gate, k)
         cache_gate("value_gate", value_gate, v)
         self._fix_layout(k, v)
-        key_gate, value_gate = key_gate.expand_as(k), value_gate.expand_as(v)
-        for t in range(k.shape[1]):
-            self._advance(k[:, t], v[:, t], key_gate[:, t], value_gate[:, t])
+        compute = compute_dtype(k)
+        k, v = k.detach().to(compute), v.detach().to(compute)
+        key_gate = key_gate.detach().to(compute).expand_as(k)
+        value_gate = value_gate.detach().to(compute).expand_as(v)
+        size, total = self.chunk_size, k.shape[1]
+        # First the rest of a chunk this cache is in the middle of, from its running state ...
+        done = min(total, (-self.length) % size)
+        if done:
+            slot = self.completed_chunks()
+            for states, x, g in ((self.key_states, k, key_gate), (self.value_states, v, value_gate)):
+                running = states.data[:, slot]
+                running.copy_(_final_states(x[:, None, :done], g[:, None, :done], running[:, None])[:, 0])
+        # ... then whole chunks from 0, the last one possibly partial (its running state, padded with
+        # gates 1 and tokens 0, which leave a state as it is).
+        rest = total - done
+        if rest:
+            chunks = -(-rest // size)
+            for states, x, g in ((self.key_states, k, key_gate), (self.value_states, v, value_gate)):
+                pad = (0, 0) * (x.dim() - 2) + (0, chunks * size - rest)
+                xs = torch.nn.functional.pad(x[:, done:], pad).unflatten(1, (chunks, size))
+                gs = torch.nn.functional.pad(g[:, done:], pad, value=1.0).unflatten(1, (chunks, size))
+                states.extend(_final_states(xs, gs, None))
+        self.length += total
 
+
+def _final_states(x, g, start):
+    """The state after each run of tokens of the gated recurrence s_t = g_t s_{t-1} + (1 - g_t) x_t.
+
+    Shapes: x, g [B, n, L, H, D] (n runs of L tokens), start [B, n, H, D] or None (0) -> [B, n, H, D].
+    One step per position, all runs at once, with the arithmetic of ``step`` (so the states are the same).
+    """
+    state = (1 - g[:, :, 0]) * x[:, :, 0] if start is None else torch.lerp(x[:, :, 0], start, g[:, :, 0])
+    for j in range(1, x.shape[2]):
+        state = torch.lerp(x[:, :, j], state, g[:, :, j])
+    return state
