@@ -1,9 +1,10 @@
 """The fused path of converted heads (rules.fused_attention, Local.attend_heads) against the per-head path.
 
 The per-head path (converted_attention, one rule at a time) is the definition; the fused path runs all of a
-layer's Local/Hybrid heads together (one neighborhood call per window, sinks and pooled blocks as extra keys,
-one dense call below DENSE_MAX_TOKENS), so every head of it must equal its per-head result: outputs, padding,
-gradients and a whole converted model.
+layer's Local/Hybrid heads together (one dense call below DENSE_MAX_TOKENS; one banded flash call over query
+blocks up to BANDED_MAX_TOKENS; beyond, one neighborhood call per window with sinks and pooled blocks as extra
+keys, which the ``path`` fixture also runs at the shorter lengths), so every head of it must equal its per-head
+result: outputs, padding, gradients and a whole converted model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from conftest import sweep_size
 
 from glocal import config
 from glocal.convert import Hybrid, Local, convert, restore
+from glocal.convert import rules as rules_module
 from glocal.convert.rules import (
     DENSE_MAX_TOKENS,
     converted_attention,
@@ -71,6 +73,15 @@ def _case(seed: int, dtype=None):
     return q, k, v, rules, rng.random() < 0.5, _random_valid(rng, batch, length)
 
 
+@pytest.fixture(params=["banded", "neighborhood"])
+def path(request, monkeypatch):
+    """Lengths above DENSE_MAX_TOKENS run banded (the default up to BANDED_MAX_TOKENS) or through the
+    neighborhood calls (what longer sequences take)."""
+    if request.param == "neighborhood":
+        monkeypatch.setattr(rules_module, "BANDED_MAX_TOKENS", 0)
+    return request.param
+
+
 def _per_head(q, k, v, rules, scale, causal, valid):
     """converted_attention one head at a time; heads without a rule are 0 (fused_attention's contract)."""
     out = torch.full((*q.shape[:3], v.shape[-1]), float("nan"), dtype=q.dtype)
@@ -91,7 +102,7 @@ def _close(a, b, dtype):
 
 
 @pytest.mark.parametrize("seed", range(sweep_size(120)))
-def test_fused_equals_per_head(seed):
+def test_fused_equals_per_head(seed, path):
     q, k, v, rules, causal, valid = _case(seed)
     with config.nan_poisoning(True):
         fused = fused_attention(q, k, v, rules, SCALE, causal, valid)
@@ -117,7 +128,7 @@ def test_fused_equals_the_attention_map(seed):
 
 @pytest.mark.parametrize("length", [DENSE_MAX_TOKENS - 8, DENSE_MAX_TOKENS + 40])
 @pytest.mark.parametrize("causal", [False, True])
-def test_fused_every_kind_in_one_layer(length, causal):
+def test_fused_every_kind_in_one_layer(length, causal, path):
     """All three kinds (window only; sinks; sinks and blocks) at two windows, heads interleaved, one call."""
     rules = [Local(9), Hybrid(17, (0, -1), 4), None, Local(17, (0,)), Local(9, (0, -1)), Hybrid(9, (), 16),
              Local(length + 1, (0, -1)), Local(17)]
@@ -132,7 +143,7 @@ def test_fused_every_kind_in_one_layer(length, causal):
 
 
 @pytest.mark.parametrize("seed", range(sweep_size(24)))
-def test_fused_gradients_equal_per_head(seed):
+def test_fused_gradients_equal_per_head(seed, path):
     q, k, v, rules, causal, valid = _case(1000 + seed, torch.float64)
     if all(r is None for r in rules):
         rules[0] = Hybrid(3, (0, -1), 2)
