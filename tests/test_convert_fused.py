@@ -1,7 +1,7 @@
 """The fused path of converted heads (rules.fused_attention, Local.attend_heads) against the per-head path.
 
 The per-head path (converted_attention, one rule at a time) is the definition; the fused path runs all of a
-layer's Local/Hybrid heads together (one dense call below DENSE_MAX_TOKENS; one banded flash call over query
+layer's Local/Hybrid heads together (one dense call below DENSE_MAX_TOKENS; a banded flash call per rule over query
 blocks up to BANDED_MAX_TOKENS; beyond, one neighborhood call per window with sinks and pooled blocks as extra
 keys, which the ``path`` fixture also runs at the shorter lengths), so every head of it must equal its per-head
 result: outputs, padding, gradients and a whole converted model.

@@ -269,12 +269,13 @@ def converted_probs(q, k, q_pos, k_pos, rule, scale: float, causal: bool) -> tor
 # all converted heads beats a neighborhood call per window.
 DENSE_MAX_TOKENS = 128
 # Above it and up to BANDED_MAX_TOKENS, heads whose windows are at most BAND_BLOCK + 1 run as one flash
-# call over blocks of BAND_BLOCK queries, each block against the slab of keys its heads' windows cover
-# (at most twice the block) plus the extra keys (sinks, pooled blocks) with a per-head bias: up to twice
-# the window's work, at the flash kernel's rate, and no merges. Measured on the Xeon (12 heads of 32):
-# 10 x Local(65, sinks) 1.18 against 1.48 ms at 512 tokens, a 17/33/65 + Hybrid mix 1.15 against 1.80;
-# windows of 129 and the pooled blocks of Hybrid heads past 1024 tokens are faster through the
-# neighborhood calls.
+# call per rule over blocks of BAND_BLOCK queries, each block against the slab of keys the rule's window
+# covers (block + window - 1) plus its extra keys (sinks, pooled blocks) with one bias shared by the
+# heads: up to twice the window's work, at the flash kernel's rate, and no merges. A call per rule
+# beats one call for all heads (slab of the widest window, per-head bias read from memory at every
+# layer). Measured on the Xeon (heads of 32, 512 tokens, best of 100 interleaved): 10 x Local(65,
+# sinks) 1.14 ms against 1.53 with one call for all heads and 2.35 for SDPA over all 12; windows of 129
+# and the pooled blocks of Hybrid heads past 1024 tokens are faster through the neighborhood calls.
 BANDED_MAX_TOKENS = 1024
 BAND_BLOCK = 64
 
@@ -417,66 +418,82 @@ def _head_keys_ok(length: int, window: int, sinks: tuple, causal: bool, pos: tor
     return ok
 
 
-@functools.lru_cache(maxsize=16)  # an entry holds a bias of L x h x (slab + extra keys): few lengths at a time
-def _banded(length: int, windows: tuple, keys: tuple, causal: bool, device: str, dtype: torch.dtype):
-    """(slab [nb, S], sink index [E] or None, block lengths, bias [nb, h, BAND_BLOCK, S + E + blocks]) of heads
-    run as one flash call over blocks of queries. Block b's keys are the slab ``slab[b]``, a run of S tokens
-    holding every window key of its queries (any head), then the sinks, then the pooled blocks. The bias is
-    :func:`_dense_bias` on those columns, with a sink column dropped where the slab already holds that token
-    (so it is one key)."""
-    with torch.inference_mode(False), torch.no_grad():
+@functools.lru_cache(maxsize=64)
+def _banded(length: int, heads: tuple, total: int, window: int, key: tuple, causal: bool, device: str,
+            dtype: torch.dtype) -> dict:
+    """How ``heads`` (of ``total``), which share one rule, run as one flash call over blocks of BAND_BLOCK queries.
+
+    Block b's keys are a slab, the run of S tokens its queries' windows cover, then the rule's sinks, then its
+    pooled blocks. Returns the rows of a ``[L * total, D]`` view of a heads-last tensor that make the call's
+    operands in one gather each: ``query_rows`` [nb, h, BAND_BLOCK] (the last block's rows past the end
+    repeat the last token) and ``key_rows`` [nb, h, S + E]; ``out_rows`` and ``kept``: where the call's real
+    output rows go and which they are (``kept`` None when L is a multiple of the block); the block length of
+    the pooled keys (0: none), the head index, and the bias [nb, 1, BAND_BLOCK, S + E + blocks], shared by
+    the heads (:func:`_dense_bias` on those columns, a sink column dropped where the slab already holds that
+    token, so it is one key).
+    """
+    with torch.inference_mode(False), torch.no_grad():  # cached, so usable inside and outside inference mode
         pos = torch.arange(length, dtype=torch.float64, device=device)
         blocks = -(-length // BAND_BLOCK)
-        rows = torch.arange(blocks * BAND_BLOCK, device=device).clamp(max=length - 1).view(blocks, BAND_BLOCK)
-        cover = torch.zeros(blocks, length, dtype=torch.bool, device=device)
-        for window in set(windows):
-            cover |= _window_ok(length, window, pos, causal)[rows].any(1)
+        padded_rows = torch.arange(blocks * BAND_BLOCK, device=device).view(blocks, BAND_BLOCK)
+        rows = padded_rows.clamp(max=length - 1)
+        cover = _window_ok(length, window, pos, causal)[rows].any(1)  # [nb, L]
         first = cover.int().argmax(1)
         last = length - 1 - cover.flip(1).int().argmax(1)
         span = int((last - first + 1).max())
         slab = first.clamp(max=length - span)[:, None] + torch.arange(span, device=device)
-        sinks = sorted({p for head_sinks, _ in keys for p in head_sinks})
-        sink_index = torch.tensor(sinks, dtype=torch.long, device=device) if sinks else None
-        in_slab = None if sink_index is None else \
-            (sink_index[None, :] >= slab[:, :1]) & (sink_index[None, :] <= slab[:, -1:])
-        block_lengths = sorted({g for _, g in keys if g})
-        biases = []
-        for window, (head_sinks, head_blocks) in zip(windows, keys):
-            ok = _head_keys_ok(length, window, head_sinks, causal, pos)[rows]  # [nb, BAND_BLOCK, L]
-            columns = [ok.gather(2, slab[:, None, :].expand(-1, BAND_BLOCK, -1))]
-            if sink_index is not None:
-                columns.append(ok[:, :, sink_index] & ~in_slab[:, None, :])
-            parts = [torch.where(torch.cat(columns, -1), 0.0, -math.inf).double()]
-            for g in block_lengths:
-                block_ok, log_counts = _blocks_ok(length, window, g, causal, device)
-                parts.append(torch.where(block_ok[rows] & (head_blocks == g), log_counts, -math.inf))
-            biases.append(torch.cat(parts, -1))
-        return slab, sink_index, block_lengths, torch.stack(biases, 1).to(dtype).contiguous()
+        sinks, block_length = key
+        ok = _head_keys_ok(length, window, sinks, causal, pos)[rows]  # [nb, BAND_BLOCK, L]
+        columns, tokens = [ok.gather(2, slab[:, None, :].expand(-1, BAND_BLOCK, -1))], slab
+        if sinks:
+            sink_index = torch.tensor(sinks, dtype=torch.long, device=device)
+            in_slab = (sink_index[None, :] >= slab[:, :1]) & (sink_index[None, :] <= slab[:, -1:])
+            columns.append(ok[:, :, sink_index] & ~in_slab[:, None, :])
+            tokens = torch.cat([slab, sink_index.expand(blocks, -1)], 1)
+        bias = [torch.where(torch.cat(columns, -1), 0.0, -math.inf).double()]
+        if block_length:
+            block_ok, log_counts = _blocks_ok(length, window, block_length, causal, device)
+            bias.append(torch.where(block_ok[rows], log_counts, -math.inf))
+        head = torch.tensor(heads, dtype=torch.long, device=device)[None, :, None]
+        query_rows = (rows[:, None, :] * total + head).reshape(-1)
+        kept = None
+        if blocks * BAND_BLOCK > length:
+            kept = (padded_rows < length)[:, None, :].expand(-1, len(heads), -1).reshape(-1).nonzero().squeeze(1)
+        return dict(query_rows=query_rows, key_rows=(tokens[:, None, :] * total + head).reshape(-1),
+                    out_rows=query_rows if kept is None else query_rows[kept], kept=kept,
+                    shape=(blocks, len(heads), tokens.shape[1]), block_length=block_length, heads=head.view(-1),
+                    bias=torch.cat(bias, -1)[:, None].to(dtype).contiguous())
 
 
-def _banded_heads(q, k, v, banded: tuple, scale: float) -> torch.Tensor:
-    """Heads as one flash call over blocks of queries (:func:`_banded`); q, k, v: [n, L, h, D] -> [n, L, h, D_v]."""
-    slab, sink_index, block_lengths, bias = banded
-    n, length, heads, _ = q.shape
-    blocks = slab.shape[0]
+def _banded_heads(q, k, v, banded: dict, scale: float, out: torch.Tensor) -> None:
+    """Write the heads of :func:`_banded` into ``out``, one flash call over blocks of queries; q, k, v, out:
+    [n, L, H, D] (out contiguous)."""
+    n, length, total, _ = q.shape
+    blocks, heads, width = banded["shape"]
     compute = compute_dtype(q)
 
-    def keys_of(x):  # [n, L, h, D] -> [n * nb, h, S + E + blocks, D]
-        extra = ([x.index_select(1, sink_index)] if sink_index is not None else []) + \
-            [pool_tokens(x, g) for g in block_lengths]
-        parts = [x[:, slab]]  # [n, nb, S, h, D]
-        if extra:
-            extra = torch.cat(extra, 1)
-            parts.append(extra[:, None].expand(n, blocks, *extra.shape[1:]))
-        joined = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
-        return joined.to(compute).flatten(0, 1).transpose(1, 2)
+    def rows_of(index, size):  # rows of one sequence in a flat tensor of `size` rows per sequence -> all n
+        return index if n == 1 else (index[None] + torch.arange(n, device=q.device)[:, None] * size).reshape(-1)
 
-    queries = torch.nn.functional.pad(q.to(compute), (0, 0, 0, 0, 0, blocks * BAND_BLOCK - length))
-    queries = queries.view(n * blocks, BAND_BLOCK, heads, -1).transpose(1, 2)
-    mask = bias if n == 1 else bias.repeat(n, 1, 1, 1)
-    out = torch.nn.functional.scaled_dot_product_attention(queries, keys_of(k), keys_of(v), attn_mask=mask,
-                                                           scale=scale)
-    return out.transpose(1, 2).reshape(n, blocks * BAND_BLOCK, heads, -1)[:, :length].to(q.dtype)
+    def gathered(x, index, count):  # x[n, L, H, D] -> [n * nb, h, count, D], one gather
+        return x.reshape(-1, x.shape[-1]).index_select(0, rows_of(index, length * total)) \
+            .view(n * blocks, heads, count, -1)
+
+    def keys_of(x):
+        keys = gathered(x, banded["key_rows"], width)
+        if banded["block_length"]:
+            pooled = pool_tokens(x.index_select(2, banded["heads"]), banded["block_length"]).transpose(1, 2)
+            pooled = pooled[:, None].expand(n, blocks, *pooled.shape[1:]).flatten(0, 1)  # [n * nb, h, blocks, D]
+            keys = torch.cat([keys, pooled], 2)
+        return keys.to(compute)
+
+    queries = gathered(q, banded["query_rows"], BAND_BLOCK).to(compute)
+    bias = banded["bias"] if n == 1 else banded["bias"].repeat(n, 1, 1, 1)
+    o = torch.nn.functional.scaled_dot_product_attention(queries, keys_of(k), keys_of(v), attn_mask=bias,
+                                                         scale=scale).reshape(-1, v.shape[-1])
+    if banded["kept"] is not None:  # the last block's rows past the end
+        o = o.index_select(0, rows_of(banded["kept"], blocks * heads * BAND_BLOCK))
+    out.view(-1, out.shape[-1]).index_copy_(0, rows_of(banded["out_rows"], length * total), o.to(out.dtype))
 
 
 def _heads_at(heads: list[int], device: str):
@@ -508,7 +525,7 @@ class _Layout:
     together inside a window); ``runs`` are (start, stop, window) of the neighborhood calls over that
     order; ``parts`` are (positions in the order, heads of the output, extra keys or None); ``dense`` is
     set when all heads run as one dense call ((block lengths, bias), ``order`` then holds them all);
-    ``banded`` when they run as one flash call over blocks of queries (the arguments of :func:`_banded`,
+    ``banded`` when they run as flash calls over blocks of queries, one per rule (the arguments of :func:`_banded`,
     whose larger result has a cache of its own).
     """
 
@@ -529,7 +546,11 @@ def _layout(length: int, rules: tuple, causal: bool, device: str, dtype: torch.d
     if len(set(window.values())) > 1 and length <= dense_max:
         return _Layout(_heads_at(heads, device), dense=_dense_bias(length, windows, keys, causal, device, dtype))
     if dense_max < length <= banded_max and max(windows) <= BAND_BLOCK + 1:
-        return _Layout(_heads_at(heads, device), banded=(length, windows, keys, causal, device, dtype))
+        groups: dict = {}
+        for h in heads:
+            groups.setdefault((window[h], key[h]), []).append(h)
+        return _Layout(None, banded=tuple((length, tuple(hs), len(rules), w, kk, causal, device, dtype)
+                                          for (w, kk), hs in groups.items()))
     heads.sort(key=lambda h: (window[h], _kind(key[h])))
     runs, start = [], 0
     while start < len(heads):
@@ -555,12 +576,14 @@ def _fused_packed(q, k, v, rules: list, scale: float, causal: bool, out: torch.T
                      BANDED_MAX_TOKENS)
     # The converted heads are gathered once in run order; each neighborhood call takes a run of them, and the
     # sinks and blocks of each kind are merged in one score matrix (fewer, larger calls beat fewer copies).
+    if layout.banded is not None:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the groups' gathers read flat rows
+        for group in layout.banded:
+            _banded_heads(q, k, v, _banded(*group), scale, out)
+        return
     qc, kc, vc = _take(q, layout.order), _take(k, layout.order), _take(v, layout.order)
     if layout.dense is not None:
         _put(out, layout.order, _dense_heads(qc, kc, vc, layout.dense, scale))
-        return
-    if layout.banded is not None:
-        _put(out, layout.order, _banded_heads(qc, kc, vc, _banded(*layout.banded), scale))
         return
     outs, lses = [], []
     for start, stop, window in layout.runs:
@@ -597,8 +620,9 @@ def fused_attention(q, k, v, rules, scale: float, causal: bool = False, valid=No
 
     Heads that share a window run as one neighborhood call; every head's sinks and pooled blocks are extra
     keys of one score matrix with a per-query bias, merged in the same softmax. Sequences of up to
-    ``DENSE_MAX_TOKENS`` real tokens run all heads as one dense call with a per-head mask. Rules of other
-    types (subclasses too) run through their own ``attend``.
+    ``DENSE_MAX_TOKENS`` real tokens run all heads as one dense call with a per-head mask; up to
+    ``BANDED_MAX_TOKENS``, heads with windows of at most ``BAND_BLOCK + 1`` run as one flash call per rule
+    over blocks of queries. Rules of other types (subclasses too) run through their own ``attend``.
 
     Example:
         >>> import torch

@@ -298,7 +298,8 @@ def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
     """Run a layer with some heads converted. Returns [B, T_q, H, D_v] (heads-last from here on).
 
     Whole sequences: the converted heads run fused (the rules' ``attend_heads``, one call for all Local/Hybrid
-    heads; a rule object without it runs its heads through ``attend``), the unconverted ones as one SDPA call.
+    heads; a rule object without it runs its heads through ``attend``), the unconverted ones as one SDPA call
+    per run of consecutive heads.
     A decoding step (T_q < T_k): all converted heads as one dense call with a per-head mask from their rules'
     ``mask``.
     """
@@ -321,33 +322,30 @@ def _converted(call, rules: dict, causal: bool) -> torch.Tensor:
         allowed = torch.stack([masks[rules[h]] for h in hs], 1)  # [B, h, T_q, T_k]
         o, _ = dense_attention(q[:, :, hs].float(), k[:, :, hs], v[:, :, hs], call.scale, allowed)
         out[:, :, hs] = o.to(out.dtype)
-    full = [h for h in range(heads) if h not in rules]
-    if full:
-        at = _heads_index(full, out.device)
-        o = _full(call, at).transpose(1, 2).to(out.dtype)
-        if isinstance(at, slice):
-            out[:, :, at] = o
-        else:
-            out.index_copy_(2, at, o)
+    for run in _runs([h for h in range(heads) if h not in rules]):
+        out[:, :, run] = _full(call, run).transpose(1, 2).to(out.dtype)
     return out
 
 
-def _heads_index(heads: list[int], device):
-    """A run of heads as a slice (views, no gather or scatter copies), other sets as an index tensor
-    (index_select / index_copy_: a list index costs several times more on the CPU)."""
-    if heads == list(range(heads[0], heads[-1] + 1)):
-        return slice(heads[0], heads[-1] + 1)
-    return torch.tensor(heads, device=device)
+def _runs(heads: list[int]) -> list[slice]:
+    """Sorted heads as runs of consecutive ones: SDPA reads a run as a view, where a gather of scattered heads
+    and the scatter of their output cost more than a call per run."""
+    runs = []
+    for h in heads:
+        if runs and runs[-1].stop == h:
+            runs[-1] = slice(runs[-1].start, h + 1)
+        else:
+            runs.append(slice(h, h + 1))
+    return runs
 
 
-def _full(call, heads) -> torch.Tensor:
-    """The original attention of the unconverted heads (a slice or an index tensor): [B, h, T_q, D_v]."""
+def _full(call, heads: slice) -> torch.Tensor:
+    """The original attention of a run of unconverted heads: [B, h, T_q, D_v]."""
     mask = call.bias if call.bias is not None else call.allowed
-    take = (lambda x: x[:, heads]) if isinstance(heads, slice) else (lambda x: x.index_select(1, heads))  # noqa: E731
     if mask is not None and mask.shape[1] > 1:
-        mask = take(mask)
-    return torch.nn.functional.scaled_dot_product_attention(take(call.q), take(call.k), take(call.v), attn_mask=mask,
-                                                            is_causal=call.causal, scale=call.scale)
+        mask = mask[:, heads]
+    return torch.nn.functional.scaled_dot_product_attention(call.q[:, heads], call.k[:, heads], call.v[:, heads],
+                                                            attn_mask=mask, is_causal=call.causal, scale=call.scale)
 
 
 # --------------------------------------------------------------------------------------------- streaming cache
